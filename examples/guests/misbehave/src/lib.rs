@@ -1,0 +1,138 @@
+//! `misbehave` (world `http-function`): deliberately hostile behaviours for the host's
+//! sandboxing tests, chosen by the last path segment (`/misbehave/spin`, ...).
+
+use core::hint::black_box;
+use std::time::{Duration, Instant};
+
+use guest_kit::exports::wasi::http::incoming_handler::Guest;
+use guest_kit::wasi::http::types::{IncomingRequest, ResponseOutparam};
+use guest_kit::{query_param, request_path, respond_text};
+
+const MIB: usize = 1 << 20;
+
+/// Never returns: only fuel, epoch interruption or a timeout stops it.
+fn spin() -> ! {
+    let mut counter: u64 = 0;
+    loop {
+        // `black_box` keeps the loop body observable so it is not folded away.
+        counter = black_box(counter.wrapping_add(1));
+    }
+}
+
+/// Grows memory until the host's limit (or the 4 GiB address space) makes allocation fail,
+/// which aborts the instance.
+fn alloc() -> ! {
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let mut chunk = vec![0u8; MIB];
+        // Write every page so the memory is really committed on the host.
+        for byte in chunk.iter_mut().step_by(4096) {
+            *byte = 1;
+        }
+        hoard.push(black_box(chunk));
+    }
+}
+
+/// Non-tail recursion until the wasm call stack (or the shadow stack in linear memory)
+/// overflows and traps.
+fn recurse(depth: u64) -> u64 {
+    // A condition the optimiser cannot decide keeps this from being an infinite-recursion
+    // lint error while never being true in practice.
+    if black_box(depth) == u64::MAX {
+        return 0;
+    }
+    let below = recurse(black_box(depth + 1));
+    black_box(below.wrapping_add(depth))
+}
+
+/// Reads `path` and reports success, or the error text.
+fn try_read(path: &str) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|err| format!("{path}: {err}"))
+}
+
+/// Round-trips a file through the (optional) per-deployment `/data` preopen.
+fn probe_data_dir() -> String {
+    const PROBE: &str = "/data/probe.txt";
+    const CONTENT: &str = "wasmgate probe\n";
+    let result = std::fs::write(PROBE, CONTENT)
+        .map_err(|err| format!("write {PROBE}: {err}"))
+        .and_then(|()| try_read(PROBE))
+        .and_then(|read| {
+            if read == CONTENT {
+                Ok(())
+            } else {
+                Err(format!("{PROBE}: read back {read:?}"))
+            }
+        });
+    match result {
+        Ok(()) => "data-dir: ok".to_string(),
+        Err(err) => format!("data-dir: {err}"),
+    }
+}
+
+fn escape(out: ResponseOutparam) {
+    let targets = ["/etc/passwd", "../../etc/passwd", "/data/../../etc/passwd"];
+    let mut errors = Vec::new();
+    let mut leaked = None;
+    for path in targets {
+        match try_read(path) {
+            Ok(_) => {
+                leaked = Some(path);
+                break;
+            }
+            Err(err) => errors.push(err),
+        }
+    }
+    let data_dir = probe_data_dir();
+    match leaked {
+        Some(path) => respond_text(out, 200, &format!("LEAKED {path}\n{data_dir}\n")),
+        None => respond_text(
+            out,
+            403,
+            &format!("denied: {}\n{data_dir}\n", errors.join("; ")),
+        ),
+    }
+}
+
+/// Burns CPU for `ms` milliseconds of monotonic time (`Instant` is `wasi:clocks/monotonic-clock`).
+fn busy(ms: u64) -> u64 {
+    let deadline = Duration::from_millis(ms);
+    let start = Instant::now();
+    let mut iterations: u64 = 0;
+    while start.elapsed() < deadline {
+        for _ in 0..1000 {
+            iterations = black_box(iterations + 1);
+        }
+    }
+    iterations
+}
+
+struct Misbehave;
+
+impl Guest for Misbehave {
+    fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        let path = request_path(&request);
+        let action = path.rsplit('/').next().unwrap_or_default();
+        match action {
+            "ok" => respond_text(out, 200, "ok\n"),
+            "spin" => spin(),
+            "alloc" => alloc(),
+            "stack" => {
+                let depth = recurse(0);
+                // Unreachable in practice; answering keeps the result used.
+                respond_text(out, 500, &format!("stack survived: {depth}\n"));
+            }
+            "escape" => escape(out),
+            "busy" => {
+                let ms = query_param(&request, "ms")
+                    .and_then(|ms| ms.parse().ok())
+                    .unwrap_or(1000);
+                let iterations = busy(ms);
+                respond_text(out, 200, &format!("iterations: {iterations}\n"));
+            }
+            _ => respond_text(out, 404, &format!("unknown behaviour {action:?}\n")),
+        }
+    }
+}
+
+guest_kit::export!(Misbehave);

@@ -1,0 +1,385 @@
+//! The host's configuration file (TOML): where state lives, what to listen on, who the
+//! device is and how it is split into sandbox partitions.
+
+use crate::units::{ByteSize, HumanDuration};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Identifiers of devices and partitions: Margo `deviceId` segments are RFC 3986
+/// unreserved characters.
+pub fn is_valid_id_segment(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-'))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum GatewayMode {
+    /// Each partition is reported to the WFM as its own device `DEVICE/PARTITION`.
+    #[default]
+    SeeThru,
+    /// One aggregated device; placement is always the host's choice.
+    Opaque,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct HttpConfig {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Admin listener (`/healthz`, `/status`, `/metrics`); off when absent.
+    pub admin: Option<SocketAddr>,
+    /// Largest request body handed to a guest.
+    #[serde(default = "default_max_body")]
+    pub max_request_body: ByteSize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            admin: None,
+            max_request_body: default_max_body(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+fn default_max_body() -> ByteSize {
+    ByteSize(16 << 20)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DeviceConfig {
+    /// The host's Margo device id; defaults to the machine's host name.
+    pub id: Option<String>,
+    #[serde(default)]
+    pub mode: GatewayMode,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub vendor: Option<String>,
+    pub model: Option<String>,
+    pub serial: Option<String>,
+    /// Whether the host itself accepts deployments (besides its partitions).
+    #[serde(default)]
+    pub hosts: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PartitionConfig {
+    pub id: String,
+    /// CPU share in cores (0.5 = half of one core on average).
+    pub cpu: f64,
+    /// Memory budget for all live instances of the partition together.
+    pub memory: ByteSize,
+    /// Quota for the partition's key-value data and files.
+    pub storage: ByteSize,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Most memory one instance may use; defaults to min(memory, 128Mi).
+    pub instance_memory: Option<ByteSize>,
+    /// Most instances running at once; requests beyond wait up to `queue-timeout`.
+    pub concurrency: Option<u32>,
+    /// Default per-request deadline; a deployment may ask for less, never more.
+    pub timeout: Option<HumanDuration>,
+    /// How long a request may wait for a free instance slot or memory before 503.
+    pub queue_timeout: Option<HumanDuration>,
+    /// Margo capability `interfaces` / `peripherals`, passed through to the WFM.
+    #[serde(default)]
+    pub interfaces: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub peripherals: Vec<serde_json::Value>,
+}
+
+/// Limits applied when a partition does not set them.
+pub const DEFAULT_CONCURRENCY: u32 = 32;
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_INSTANCE_MEMORY: u64 = 128 << 20;
+
+impl PartitionConfig {
+    pub fn instance_memory(&self) -> u64 {
+        self.instance_memory
+            .map(|b| b.0)
+            .unwrap_or(DEFAULT_INSTANCE_MEMORY)
+            .min(self.memory.0)
+    }
+
+    pub fn concurrency(&self) -> u32 {
+        self.concurrency.unwrap_or(DEFAULT_CONCURRENCY)
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout.map(|d| d.0).unwrap_or(DEFAULT_TIMEOUT)
+    }
+
+    pub fn queue_timeout(&self) -> Duration {
+        self.queue_timeout
+            .map(|d| d.0)
+            .unwrap_or(DEFAULT_QUEUE_TIMEOUT)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Config {
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    #[serde(default)]
+    pub http: HttpConfig,
+    pub device: Option<DeviceConfig>,
+    #[serde(default, rename = "partition")]
+    pub partitions: Vec<PartitionConfig>,
+    /// The Margo WFM connection; local mode when absent.
+    pub wfm: Option<toml::Table>,
+    /// How often the deployments folder is checked for changes in local mode.
+    pub watch_interval: Option<HumanDuration>,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("wasmgate-state")
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            state_dir: default_state_dir(),
+            http: HttpConfig::default(),
+            device: None,
+            partitions: Vec::new(),
+            wfm: None,
+            watch_interval: None,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates `path`; relative `state-dir` stays relative to the working
+    /// directory, as the user typed it.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<inline>"),
+            message: e.to_string(),
+        })?;
+        config.fill_defaults();
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// With no partitions configured, the whole device is one partition `default` with a
+    /// sane share of the machine.
+    pub fn fill_defaults(&mut self) {
+        if self.partitions.is_empty() {
+            self.partitions.push(default_partition());
+        }
+    }
+
+    pub fn device_id(&self) -> String {
+        self.device
+            .as_ref()
+            .and_then(|d| d.id.clone())
+            .unwrap_or_else(detected_device_id)
+    }
+
+    pub fn mode(&self) -> GatewayMode {
+        self.device.as_ref().map(|d| d.mode).unwrap_or_default()
+    }
+
+    pub fn watch_interval(&self) -> Duration {
+        self.watch_interval
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_millis(500))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if let Some(wfm) = &self.wfm {
+            if !wfm.is_empty() {
+                return invalid(
+                    "[wfm]: this build of wasmgate has no Margo WFM client yet; remove the [wfm] section to run in local mode".into(),
+                );
+            }
+        }
+        let device_id = self.device_id();
+        if !is_valid_id_segment(&device_id) {
+            return invalid(format!(
+                "[device] id {device_id:?}: expected letters, digits, '.', '_', '~' or '-' (1 to 128 characters)"
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, p) in self.partitions.iter().enumerate() {
+            let at = format!("[[partition]] #{} ({:?})", i + 1, p.id);
+            if !is_valid_id_segment(&p.id) {
+                return invalid(format!(
+                    "{at} id: expected letters, digits, '.', '_', '~' or '-' (1 to 128 characters)"
+                ));
+            }
+            if !seen.insert(p.id.as_str()) {
+                return invalid(format!("{at} id: duplicate partition id"));
+            }
+            if !(p.cpu.is_finite() && p.cpu > 0.0 && p.cpu <= 1024.0) {
+                return invalid(format!(
+                    "{at} cpu = {}: expected a number of cores > 0, e.g. 0.5",
+                    p.cpu
+                ));
+            }
+            if p.memory.0 < (1 << 20) {
+                return invalid(format!("{at} memory = {}: expected at least 1Mi", p.memory));
+            }
+            if p.concurrency() == 0 || p.concurrency() > 10_000 {
+                return invalid(format!("{at} concurrency: expected 1 to 10000"));
+            }
+            if p.timeout().is_zero() {
+                return invalid(format!("{at} timeout: expected more than 0s"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn detected_device_id() -> String {
+    let name = sysinfo::System::host_name().unwrap_or_default();
+    let cleaned: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._~-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(128)
+        .collect();
+    if cleaned.is_empty() {
+        "wasmgate".into()
+    } else {
+        cleaned
+    }
+}
+
+/// All cores, half the memory (at most 1 GiB) and 1 GiB of storage: enough for a
+/// development machine, small enough not to starve the OS on a 1 GiB board.
+fn default_partition() -> PartitionConfig {
+    let mut sys = sysinfo::System::new();
+    sys.refresh_memory();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as f64;
+    let memory = (sys.total_memory() / 2).clamp(64 << 20, 1 << 30);
+    PartitionConfig {
+        id: "default".into(),
+        cpu: cores,
+        memory: ByteSize(memory),
+        storage: ByteSize(1 << 30),
+        labels: BTreeMap::new(),
+        instance_memory: None,
+        concurrency: None,
+        timeout: None,
+        queue_timeout: None,
+        interfaces: Vec::new(),
+        peripherals: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_config_parses() {
+        let config = Config::parse(
+            r#"
+            state-dir = "/var/lib/wasmgate"
+            [http]
+            listen = "127.0.0.1:9000"
+            admin = "127.0.0.1:9001"
+            [device]
+            id = "edge-01"
+            mode = "opaque"
+            labels = { site = "north" }
+            [[partition]]
+            id = "p1"
+            cpu = 0.5
+            memory = "128Mi"
+            storage = "64Mi"
+            labels = { tier = "a" }
+            interfaces = [{ type = "ethernet" }]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.device_id(), "edge-01");
+        assert_eq!(config.mode(), GatewayMode::Opaque);
+        assert_eq!(config.partitions.len(), 1);
+        assert_eq!(config.partitions[0].memory, ByteSize(128 << 20));
+        assert_eq!(config.partitions[0].instance_memory(), 128 << 20);
+        assert_eq!(config.http.admin.unwrap().port(), 9001);
+    }
+
+    #[test]
+    fn empty_config_gets_default_partition() {
+        let config = Config::parse("").unwrap();
+        assert_eq!(config.partitions.len(), 1);
+        assert_eq!(config.partitions[0].id, "default");
+        assert!(config.partitions[0].cpu >= 1.0);
+        assert!(config.partitions[0].memory.0 <= 1 << 30);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            ("[[partition]]\nid = \"a/b\"\ncpu = 1\nmemory = \"1Gi\"\nstorage = \"1Gi\"", "id"),
+            ("[[partition]]\nid = \"a\"\ncpu = 0\nmemory = \"1Gi\"\nstorage = \"1Gi\"", "cpu"),
+            ("[[partition]]\nid = \"a\"\ncpu = 1\nmemory = \"lots\"\nstorage = \"1Gi\"", "128Mi"),
+            ("[http]\nlisten = \"nowhere\"", "listen"),
+            ("[device]\nmode = \"sideways\"", "mode"),
+            ("[[partition]]\nid = \"a\"\ncpu = 1\nmemory = \"1Gi\"\nstorage = \"1Gi\"\n[[partition]]\nid = \"a\"\ncpu = 1\nmemory = \"1Gi\"\nstorage = \"1Gi\"", "duplicate"),
+            ("colour = \"blue\"", "colour"),
+            ("[wfm]\nurl = \"https://wfm\"", "[wfm]"),
+        ];
+        for (text, needle) in cases {
+            let err = Config::parse(text).unwrap_err().to_string();
+            assert!(
+                err.contains(needle),
+                "{text:?} gave {err:?}, expected mention of {needle}"
+            );
+        }
+    }
+}

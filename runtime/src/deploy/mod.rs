@@ -1,0 +1,12 @@
+//! From desired ApplicationDeployments to running workloads: document model,
+//! placement into partitions, artifact loading, the reconcile loop and its status.
+
+pub mod artifact;
+pub mod local;
+pub mod model;
+pub mod placement;
+mod reconciler;
+pub mod status;
+
+pub use reconciler::{DesiredDeployment, Reconciler};
+pub use status::{DeploymentState, StatusBoard};

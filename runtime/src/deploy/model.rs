@@ -1,0 +1,572 @@
+//! Margo `ApplicationDeployment` documents, parsed at the edge into types that only hold
+//! valid values. The wasmgate-specific part lives in each component's
+//! `x-wasmgate-extensions` object ([`WasmgateExtensions`]).
+
+use crate::units::{ByteSize, HumanDuration};
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// A problem with a deployment document, naming the field and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ModelError {
+    pub field: String,
+    pub message: String,
+}
+
+fn model_err(field: impl Into<String>, message: impl Into<String>) -> ModelError {
+    ModelError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawDeployment {
+    id: Option<String>,
+    metadata: Option<RawMetadata>,
+    spec: Option<RawSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawMetadata {
+    name: Option<String>,
+    namespace: Option<String>,
+    device_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawSpec {
+    application_id: Option<String>,
+    deployment_profile: Option<RawProfile>,
+    #[serde(default)]
+    parameters: Option<BTreeMap<String, RawParameter>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawProfile {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    components: Vec<RawComponent>,
+    device_constraints: Option<Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct RawComponent {
+    name: Option<String>,
+    properties: Option<RawProperties>,
+    #[serde(rename = "x-wasmgate-extensions")]
+    wasmgate: Option<Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct RawProperties {
+    repository: Option<String>,
+    revision: Option<Value>,
+    timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct RawParameter {
+    value: Value,
+    #[serde(default)]
+    targets: Vec<RawTarget>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct RawTarget {
+    pointer: String,
+    #[serde(default)]
+    components: Vec<String>,
+}
+
+/// A validated deployment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deployment {
+    pub id: String,
+    pub name: String,
+    pub namespace: Option<String>,
+    pub application_id: String,
+    /// Where to run; `None` lets the host choose.
+    pub device_id: Option<String>,
+    pub components: Vec<ComponentSpec>,
+    pub device_constraints: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ComponentSpec {
+    pub name: String,
+    pub repository: String,
+    pub revision: Option<String>,
+    /// Margo `properties.timeout`: how long installing may take.
+    pub install_timeout: Option<Duration>,
+    /// `wasi:config` values: parameter target `pointer` -> value.
+    pub config: BTreeMap<String, String>,
+    pub extensions: WasmgateExtensions,
+}
+
+/// `x-wasmgate-extensions` of a component.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct WasmgateExtensions {
+    pub http: Option<HttpTrigger>,
+    pub timer: Option<TimerTrigger>,
+    pub memory: Option<u64>,
+    pub timeout: Option<Duration>,
+    pub data_dir: bool,
+    pub outbound: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpTrigger {
+    pub route: String,
+    pub host: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimerTrigger {
+    pub every: Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct RawExtensions {
+    trigger: Option<BTreeMap<String, Value>>,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    data_dir: bool,
+    #[serde(default)]
+    outbound: Vec<String>,
+    #[serde(flatten)]
+    other: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawLimits {
+    memory: Option<ByteSize>,
+    timeout: Option<HumanDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttpTrigger {
+    route: String,
+    host: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTimerTrigger {
+    every: HumanDuration,
+}
+
+/// Shortest timer period accepted: faster timers are a busy loop in disguise.
+pub const MIN_TIMER_PERIOD: Duration = Duration::from_millis(100);
+
+fn is_uuid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, len)| g.len() == len && g.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Margo `deviceId`: unreserved segments joined by `/`, optionally ending in `/*`.
+pub fn is_valid_device_id(s: &str) -> bool {
+    let body = s.strip_suffix("/*").unwrap_or(s);
+    !body.is_empty() && body.split('/').all(crate::config::is_valid_id_segment)
+}
+
+fn is_component_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// The text a guest reads through `wasi:config` for a parameter value: strings as they
+/// are, everything else as JSON.
+fn config_text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+impl Deployment {
+    /// Parses and validates a deployment YAML.
+    pub fn from_yaml(bytes: &[u8]) -> Result<Self, ModelError> {
+        let raw: RawDeployment = serde_norway::from_slice(bytes).map_err(|e| {
+            model_err(
+                "document",
+                format!("not a valid ApplicationDeployment YAML: {e}"),
+            )
+        })?;
+        Self::validate(raw)
+    }
+
+    fn validate(raw: RawDeployment) -> Result<Self, ModelError> {
+        let id = raw
+            .id
+            .ok_or_else(|| model_err("id", "missing; expected the deployment UUID"))?;
+        if !is_uuid(&id) {
+            return Err(model_err(
+                "id",
+                format!("{id:?} is not a UUID (e.g. 3f0c6d52-1b7e-4a39-9d2a-8e5b7c4a1f01)"),
+            ));
+        }
+        let metadata = raw
+            .metadata
+            .ok_or_else(|| model_err("metadata", "missing"))?;
+        let name = metadata
+            .name
+            .filter(|n| !n.trim().is_empty())
+            .ok_or_else(|| model_err("metadata.name", "missing or empty"))?;
+        if let Some(device_id) = &metadata.device_id {
+            if !is_valid_device_id(device_id) {
+                return Err(model_err(
+                    "metadata.deviceId",
+                    format!("{device_id:?}: expected DEVICE, DEVICE/PARTITION or DEVICE/* (letters, digits, '.', '_', '~', '-')"),
+                ));
+            }
+        }
+        let spec = raw.spec.ok_or_else(|| model_err("spec", "missing"))?;
+        let application_id = spec
+            .application_id
+            .ok_or_else(|| model_err("spec.applicationId", "missing"))?;
+        let profile = spec
+            .deployment_profile
+            .ok_or_else(|| model_err("spec.deploymentProfile", "missing"))?;
+        match profile.kind.as_deref() {
+            Some("custom") => {}
+            Some(other) => {
+                return Err(model_err(
+                    "spec.deploymentProfile.type",
+                    format!("{other:?} is not supported: wasmgate runs `custom` (WebAssembly component) deployments"),
+                ))
+            }
+            None => return Err(model_err("spec.deploymentProfile.type", "missing; expected `custom`")),
+        }
+        if profile.components.is_empty() {
+            return Err(model_err(
+                "spec.deploymentProfile.components",
+                "empty; expected at least one component",
+            ));
+        }
+        let parameters = spec.parameters.unwrap_or_default();
+        let mut components = Vec::new();
+        for (i, raw) in profile.components.into_iter().enumerate() {
+            let at = format!("spec.deploymentProfile.components[{i}]");
+            let component = parse_component(&at, raw, &parameters)?;
+            if components
+                .iter()
+                .any(|c: &ComponentSpec| c.name == component.name)
+            {
+                return Err(model_err(
+                    format!("{at}.name"),
+                    format!("duplicate component name {:?}", component.name),
+                ));
+            }
+            components.push(component);
+        }
+        for (param, p) in &parameters {
+            for (t, target) in p.targets.iter().enumerate() {
+                for name in &target.components {
+                    if !components.iter().any(|c| &c.name == name) {
+                        return Err(model_err(
+                            format!("spec.parameters.{param}.targets[{t}].components"),
+                            format!("names component {name:?}, which the deployment does not have"),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(Self {
+            id,
+            name,
+            namespace: metadata.namespace,
+            application_id,
+            device_id: metadata.device_id,
+            components,
+            device_constraints: profile.device_constraints,
+        })
+    }
+}
+
+fn parse_component(
+    at: &str,
+    raw: RawComponent,
+    parameters: &BTreeMap<String, RawParameter>,
+) -> Result<ComponentSpec, ModelError> {
+    let name = raw
+        .name
+        .ok_or_else(|| model_err(format!("{at}.name"), "missing"))?;
+    if !is_component_name(&name) {
+        return Err(model_err(
+            format!("{at}.name"),
+            format!("{name:?}: expected lowercase letters, digits and dashes"),
+        ));
+    }
+    let props = raw.properties.ok_or_else(|| {
+        model_err(
+            format!("{at}.properties"),
+            "missing; expected repository and revision",
+        )
+    })?;
+    let repository = props.repository.filter(|r| !r.is_empty()).ok_or_else(|| {
+        model_err(
+            format!("{at}.properties.repository"),
+            "missing; expected oci://..., file:... or a path",
+        )
+    })?;
+    let revision = props.revision.map(|v| config_text(&v));
+    let install_timeout = props
+        .timeout
+        .map(|t| {
+            crate::units::parse_duration(&t)
+                .map_err(|e| model_err(format!("{at}.properties.timeout"), e.to_string()))
+        })
+        .transpose()?;
+    let mut config = BTreeMap::new();
+    for p in parameters.values() {
+        for target in &p.targets {
+            if target.components.iter().any(|c| c == &name) {
+                config.insert(target.pointer.clone(), config_text(&p.value));
+            }
+        }
+    }
+    let ext_at = format!("{at}.x-wasmgate-extensions");
+    let extensions = match raw.wasmgate {
+        None => {
+            return Err(model_err(
+                ext_at,
+                "missing; a component needs a trigger, e.g. trigger: {http: {route: /hello}}",
+            ))
+        }
+        Some(value) => parse_extensions(&ext_at, value)?,
+    };
+    Ok(ComponentSpec {
+        name,
+        repository,
+        revision,
+        install_timeout,
+        config,
+        extensions,
+    })
+}
+
+fn parse_extensions(at: &str, value: Value) -> Result<WasmgateExtensions, ModelError> {
+    let raw: RawExtensions =
+        serde_json::from_value(value).map_err(|e| model_err(at, e.to_string()))?;
+    for key in raw.other.keys() {
+        // Unknown extension fields are ignored, never fatal (Margo extensibility rule).
+        tracing::warn!(field = %format!("{at}.{key}"), "ignoring unknown field");
+    }
+    let mut ext = WasmgateExtensions {
+        memory: raw.limits.memory.map(|b| b.0),
+        timeout: raw.limits.timeout.map(|d| d.0),
+        data_dir: raw.data_dir,
+        outbound: raw.outbound,
+        ..Default::default()
+    };
+    let triggers = raw.trigger.filter(|t| !t.is_empty()).ok_or_else(|| {
+        model_err(
+            format!("{at}.trigger"),
+            "missing; expected `http: {route: /path}` and/or `timer: {every: 10s}`",
+        )
+    })?;
+    for (kind, spec) in triggers {
+        let field = format!("{at}.trigger.{kind}");
+        match kind.as_str() {
+            "http" => {
+                let http: RawHttpTrigger =
+                    serde_json::from_value(spec).map_err(|e| model_err(&field, e.to_string()))?;
+                if !http.route.starts_with('/') {
+                    return Err(model_err(
+                        format!("{field}.route"),
+                        format!("{:?}: expected a path starting with /", http.route),
+                    ));
+                }
+                ext.http = Some(HttpTrigger {
+                    route: crate::ingress::normalize_prefix(&http.route),
+                    host: http.host.map(|h| h.to_ascii_lowercase()),
+                });
+            }
+            "timer" => {
+                let timer: RawTimerTrigger =
+                    serde_json::from_value(spec).map_err(|e| model_err(&field, e.to_string()))?;
+                if timer.every.0 < MIN_TIMER_PERIOD {
+                    return Err(model_err(
+                        format!("{field}.every"),
+                        format!("expected at least {MIN_TIMER_PERIOD:?}"),
+                    ));
+                }
+                ext.timer = Some(TimerTrigger {
+                    every: timer.every.0,
+                });
+            }
+            other => {
+                return Err(model_err(
+                    field,
+                    format!("unknown trigger kind {other:?}; expected `http` or `timer`"),
+                ))
+            }
+        }
+    }
+    if ext.timeout.is_some_and(|t| t.is_zero()) {
+        return Err(model_err(
+            format!("{at}.limits.timeout"),
+            "expected more than 0s",
+        ));
+    }
+    Ok(ext)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+id: 3f0c6d52-1b7e-4a39-9d2a-8e5b7c4a1f01
+metadata:
+  name: hello
+  namespace: examples
+  deviceId: edge-01/apps
+spec:
+  applicationId: hello
+  deploymentProfile:
+    type: custom
+    components:
+      - name: hello
+        properties:
+          repository: file:hello.wasm
+          revision: 0.1.0
+        x-wasmgate-extensions:
+          trigger:
+            http: {route: /hello/}
+          limits: {memory: 32Mi, timeout: 5s}
+          future-option: 1
+  parameters:
+    greeting:
+      value: Hi
+      targets: [{pointer: greeting, components: [hello]}]
+    count:
+      value: 3
+      targets: [{pointer: count, components: [hello]}]
+"#;
+
+    #[test]
+    fn parses_a_custom_deployment() {
+        let d = Deployment::from_yaml(GOOD.as_bytes()).unwrap();
+        assert_eq!(d.device_id.as_deref(), Some("edge-01/apps"));
+        let c = &d.components[0];
+        assert_eq!(c.config.get("greeting").unwrap(), "Hi");
+        assert_eq!(c.config.get("count").unwrap(), "3");
+        assert_eq!(c.extensions.http.as_ref().unwrap().route, "/hello");
+        assert_eq!(c.extensions.memory, Some(32 << 20));
+        assert_eq!(c.extensions.timeout, Some(Duration::from_secs(5)));
+        assert_eq!(c.revision.as_deref(), Some("0.1.0"));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (
+                "id: 3f0c6d52-1b7e-4a39-9d2a-8e5b7c4a1f01",
+                "nope",
+                "deviceId: edge-01/apps",
+                "deviceId: edge 01",
+                "metadata.deviceId",
+            ),
+            (
+                "id: 3f0c6d52-1b7e-4a39-9d2a-8e5b7c4a1f01",
+                "id: 42",
+                "",
+                "",
+                "id",
+            ),
+            (
+                "type: custom",
+                "type: compose",
+                "",
+                "",
+                "deploymentProfile.type",
+            ),
+            (
+                "http: {route: /hello/}",
+                "mqtt: {topic: x}",
+                "",
+                "",
+                "unknown trigger kind \"mqtt\"",
+            ),
+            (
+                "http: {route: /hello/}",
+                "http: {route: hello}",
+                "",
+                "",
+                "route",
+            ),
+            (
+                "http: {route: /hello/}",
+                "timer: {every: 1ms}",
+                "",
+                "",
+                "every",
+            ),
+            (
+                "http: {route: /hello/}",
+                "timer: {every: soon}",
+                "",
+                "",
+                "duration",
+            ),
+            ("memory: 32Mi", "memory: lots", "", "", "limits"),
+            (
+                "components: [hello]}]\n    count",
+                "components: [nobody]}]\n    count",
+                "",
+                "",
+                "nobody",
+            ),
+        ];
+        for (from, to, from2, to2, needle) in cases {
+            let mut text = GOOD.replace(from, to);
+            if !from2.is_empty() {
+                text = text.replace(from2, to2);
+            }
+            let err = Deployment::from_yaml(text.as_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(needle),
+                "replacing {from:?} gave {err:?}; expected {needle:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_yaml_reports_location() {
+        let err = Deployment::from_yaml(b"id: [unclosed\nmetadata: {").unwrap_err();
+        assert_eq!(err.field, "document");
+        assert!(err.message.contains("line"), "{err}");
+    }
+
+    #[test]
+    fn device_ids() {
+        for ok in ["edge-01", "edge-01/apps", "edge-01/*", "gw/child/x"] {
+            assert!(is_valid_device_id(ok), "{ok}");
+        }
+        for bad in ["", "/x", "a//b", "a/*/b", "a b", "*"] {
+            assert!(!is_valid_device_id(bad), "{bad}");
+        }
+    }
+}

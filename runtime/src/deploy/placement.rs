@@ -1,0 +1,215 @@
+//! Which partition a deployment runs in, from its `metadata.deviceId` (Margo gateway
+//! rules): `DEVICE/PARTITION` is directed, `DEVICE/*` (or no device id, or the bare
+//! device in local mode) lets the host choose by capacity.
+
+use crate::sandbox::Partition;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Margo's reserved gateway error codes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlacementError {
+    /// `101`: the deployment names a child device this gateway does not have.
+    #[error("metadata.deviceId {device_id:?} names partition {partition:?}, which this device does not have (partitions: {known})")]
+    UnknownChild {
+        device_id: String,
+        partition: String,
+        known: String,
+    },
+    /// `103`: autonomous placement found no partition with room.
+    #[error(
+        "no partition can take this deployment: it needs {needs} and the partitions have {have}"
+    )]
+    NoFit { needs: String, have: String },
+    #[error(
+        "metadata.deviceId {device_id:?} targets another device; this device is {this_device:?}"
+    )]
+    OtherDevice {
+        device_id: String,
+        this_device: String,
+    },
+}
+
+impl PlacementError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::UnknownChild { .. } => "101",
+            Self::NoFit { .. } => "103",
+            Self::OtherDevice { .. } => "101",
+        }
+    }
+}
+
+/// What a deployment needs from a partition.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Requirement {
+    /// Memory the deployment's instances may use together at most (sum of component
+    /// limits); committed against the partition when placed autonomously.
+    pub memory: u64,
+    /// Margo `capacityRequirements.cpu.cores`, if given.
+    pub cores: Option<f64>,
+}
+
+/// Chooses the partition for a deployment. `committed` is the memory already promised
+/// to deployments in each partition (by partition id).
+pub fn place(
+    device_id: Option<&str>,
+    this_device: &str,
+    partitions: &[Arc<Partition>],
+    requirement: Requirement,
+    committed: &BTreeMap<String, u64>,
+) -> Result<Arc<Partition>, PlacementError> {
+    let target = device_id.unwrap_or(this_device);
+    let rest = if target == this_device {
+        None
+    } else if let Some(rest) = target
+        .strip_prefix(this_device)
+        .and_then(|r| r.strip_prefix('/'))
+    {
+        Some(rest)
+    } else {
+        return Err(PlacementError::OtherDevice {
+            device_id: target.to_owned(),
+            this_device: this_device.to_owned(),
+        });
+    };
+    match rest {
+        None | Some("*") => autonomous(partitions, requirement, committed),
+        Some(child) => partitions
+            .iter()
+            .find(|p| p.id == child)
+            .cloned()
+            .ok_or_else(|| PlacementError::UnknownChild {
+                device_id: target.to_owned(),
+                partition: child.to_owned(),
+                known: partitions
+                    .iter()
+                    .map(|p| p.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+    }
+}
+
+fn autonomous(
+    partitions: &[Arc<Partition>],
+    requirement: Requirement,
+    committed: &BTreeMap<String, u64>,
+) -> Result<Arc<Partition>, PlacementError> {
+    let free = |p: &Partition| {
+        p.config
+            .memory
+            .0
+            .saturating_sub(committed.get(&p.id).copied().unwrap_or(0))
+    };
+    partitions
+        .iter()
+        .filter(|p| free(p) >= requirement.memory)
+        .filter(|p| requirement.cores.is_none_or(|c| p.config.cpu >= c))
+        .max_by_key(|p| free(p))
+        .cloned()
+        .ok_or_else(|| PlacementError::NoFit {
+            needs: format!(
+                "{} of memory{}",
+                crate::units::ByteSize(requirement.memory),
+                requirement
+                    .cores
+                    .map(|c| format!(" and {c} cores"))
+                    .unwrap_or_default()
+            ),
+            have: partitions
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{}: {} free, {} cores",
+                        p.id,
+                        crate::units::ByteSize(free(p)),
+                        p.config.cpu
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PartitionConfig;
+    use crate::units::ByteSize;
+
+    fn partitions(dir: &std::path::Path) -> Vec<Arc<Partition>> {
+        [("a", 1.0, 256u64 << 20), ("b", 0.5, 128 << 20)]
+            .into_iter()
+            .map(|(id, cpu, memory)| {
+                let config = PartitionConfig {
+                    id: id.into(),
+                    cpu,
+                    memory: ByteSize(memory),
+                    storage: ByteSize(1 << 20),
+                    labels: Default::default(),
+                    instance_memory: None,
+                    concurrency: None,
+                    timeout: None,
+                    queue_timeout: None,
+                    interfaces: vec![],
+                    peripherals: vec![],
+                };
+                Partition::open("edge", &config, dir).unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn directed_autonomous_and_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let ps = partitions(dir.path());
+        let none = BTreeMap::new();
+        let req = Requirement {
+            memory: 64 << 20,
+            cores: None,
+        };
+        assert_eq!(
+            place(Some("edge/b"), "edge", &ps, req, &none).unwrap().id,
+            "b"
+        );
+        assert_eq!(
+            place(Some("edge/*"), "edge", &ps, req, &none).unwrap().id,
+            "a"
+        );
+        assert_eq!(place(None, "edge", &ps, req, &none).unwrap().id, "a");
+        let mut committed = BTreeMap::new();
+        committed.insert("a".to_string(), 200u64 << 20);
+        assert_eq!(
+            place(Some("edge/*"), "edge", &ps, req, &committed)
+                .unwrap()
+                .id,
+            "b"
+        );
+        let err = place(Some("edge/zzz"), "edge", &ps, req, &none).unwrap_err();
+        assert_eq!(err.code(), "101");
+        assert!(err.to_string().contains("a, b"));
+        let huge = Requirement {
+            memory: 1 << 30,
+            cores: None,
+        };
+        assert_eq!(
+            place(Some("edge/*"), "edge", &ps, huge, &none)
+                .unwrap_err()
+                .code(),
+            "103"
+        );
+        let cores = Requirement {
+            memory: 0,
+            cores: Some(2.0),
+        };
+        assert_eq!(
+            place(None, "edge", &ps, cores, &none).unwrap_err().code(),
+            "103"
+        );
+        assert!(matches!(
+            place(Some("other/a"), "edge", &ps, req, &none),
+            Err(PlacementError::OtherDevice { .. })
+        ));
+    }
+}

@@ -1,0 +1,76 @@
+use anyhow::Context;
+use clap::Parser;
+use std::path::PathBuf;
+use wasmgate::cli::{Cli, Command};
+use wasmgate::config::Config;
+use wasmgate::host::{single_component_document, DesiredSource, Host};
+
+fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
+    match path {
+        Some(path) => Ok(Config::load(path)?),
+        None => {
+            let mut config = Config::default();
+            config.fill_defaults();
+            Ok(config)
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WASMGATE_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,cranelift=warn,wasmtime=warn")
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("wasmgate")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Up {
+                config,
+                deployments,
+                state_dir,
+                listen,
+                admin,
+            } => {
+                let mut config = load_config(config.as_ref())?;
+                if let Some(dir) = state_dir {
+                    config.state_dir = dir;
+                }
+                if let Some(listen) = listen {
+                    config.http.listen = listen;
+                }
+                if admin.is_some() {
+                    config.http.admin = admin;
+                }
+                if !deployments.is_dir() {
+                    tracing::warn!(dir = %deployments.display(), "deployments folder does not exist yet; serving nothing until it appears");
+                }
+                Host::new(config)?.run(DesiredSource::Folder(deployments)).await
+            }
+            Command::Run {
+                component,
+                listen,
+                state_dir,
+                config,
+            } => {
+                let mut config = load_config(config.as_ref())?;
+                if let Some(dir) = state_dir {
+                    config.state_dir = dir;
+                }
+                if let Some(listen) = listen {
+                    config.http.listen = listen;
+                }
+                let document = single_component_document(&component)?;
+                Host::new(config)?.run(DesiredSource::Fixed(document)).await
+            }
+        }
+    })
+}

@@ -1,0 +1,299 @@
+//! A deployed component: its pre-instantiated form, its triggers and the per-request /
+//! per-event instance lifecycle. Every request or event gets a fresh `Store` and
+//! instance from the pool; nothing a guest does survives its call except what it wrote
+//! through the platform services.
+
+mod event;
+mod http;
+mod outbound;
+mod state;
+
+pub use event::{EventExport, Tick};
+pub use http::{error_response, ResponseBody};
+pub use outbound::OutboundPolicy;
+pub use state::InstanceState;
+
+use crate::sandbox::{MemoryDenial, Partition};
+use state::GuestClock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use wasmgate_host_api::{ConfigVars, LogContext, WasmgateCtx};
+use wasmtime::component::{Component, InstancePre, Linker, ResourceTable};
+use wasmtime::{Engine, Store, Trap};
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::WasiHttpCtx;
+
+/// The interfaces every guest can import. Guests built with Rust `std` import
+/// `wasi:cli` and `wasi:filesystem` even when they only serve HTTP, so all of WASI p2
+/// is linked, granting nothing by default: no environment, no preopens, no sockets.
+pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<InstanceState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    wasmgate_host_api::add_to_linker(&mut linker)?;
+    Ok(linker)
+}
+
+/// Everything about a workload that is decided at deploy time.
+#[derive(Debug, Clone)]
+pub struct WorkloadSpec {
+    pub deployment_id: String,
+    pub deployment_name: String,
+    pub component: String,
+    pub partition: Arc<Partition>,
+    pub config: Arc<ConfigVars>,
+    /// Most linear memory one instance may use.
+    pub memory_limit: u64,
+    /// Deadline of one request or event.
+    pub timeout: Duration,
+    /// Preopen the deployment's private directory as `/data`.
+    pub data_dir: bool,
+    pub outbound: Arc<[String]>,
+}
+
+impl WorkloadSpec {
+    /// `name (component)` for messages.
+    pub fn label(&self) -> String {
+        format!(
+            "deployment {} component {}",
+            self.deployment_name, self.component
+        )
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct WorkloadStats {
+    pub invocations: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+/// Why an invocation produced no result.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum InvocationError {
+    #[error("{label}: {source}")]
+    Busy {
+        label: String,
+        source: crate::sandbox::AdmissionError,
+    },
+    #[error("{label} exceeded its deadline of {timeout:?} and was stopped")]
+    Timeout { label: String, timeout: Duration },
+    #[error("{label} exceeded its instance memory limit of {} (asked for {})", crate::units::ByteSize(*limit), crate::units::ByteSize(*requested))]
+    InstanceMemory {
+        label: String,
+        limit: u64,
+        requested: u64,
+    },
+    #[error("{label}: partition {partition} memory budget of {} is exhausted by other live instances; retry later", crate::units::ByteSize(*limit))]
+    PartitionMemory {
+        label: String,
+        partition: String,
+        limit: u64,
+    },
+    #[error("{label} trapped: {message}")]
+    Trap { label: String, message: String },
+    #[error("{label} failed: {message}")]
+    Failed { label: String, message: String },
+}
+
+impl InvocationError {
+    /// The HTTP status that tells a client what happened.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::Busy { .. } | Self::InstanceMemory { .. } | Self::PartitionMemory { .. } => 503,
+            Self::Timeout { .. } => 504,
+            Self::Trap { .. } | Self::Failed { .. } => 500,
+        }
+    }
+
+    pub fn retryable(&self) -> bool {
+        matches!(self, Self::Busy { .. } | Self::PartitionMemory { .. })
+    }
+}
+
+pub struct Workload {
+    pub spec: WorkloadSpec,
+    pre: InstancePre<InstanceState>,
+    http: Option<ProxyPre<InstanceState>>,
+    event: Option<EventExport>,
+    pub stats: WorkloadStats,
+}
+
+impl std::fmt::Debug for Workload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workload")
+            .field("spec", &self.spec)
+            .finish()
+    }
+}
+
+/// What a trigger needs from the component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exports {
+    pub http: bool,
+    pub event: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkloadError {
+    #[error("{label}: the component cannot be linked: {message}")]
+    Link { label: String, message: String },
+    #[error("{label}: {trigger} trigger needs a component that exports {export}, but this one does not ({detail})")]
+    MissingExport {
+        label: String,
+        trigger: &'static str,
+        export: &'static str,
+        detail: String,
+    },
+}
+
+impl Workload {
+    /// Links `component` and checks it exports what its triggers need.
+    pub fn new(
+        spec: WorkloadSpec,
+        linker: &Linker<InstanceState>,
+        component: &Component,
+        needs: Exports,
+    ) -> Result<Self, WorkloadError> {
+        let pre = linker
+            .instantiate_pre(component)
+            .map_err(|e| WorkloadError::Link {
+                label: spec.label(),
+                message: format!("{e:#}"),
+            })?;
+        let http = if needs.http {
+            Some(
+                ProxyPre::new(pre.clone()).map_err(|e| WorkloadError::MissingExport {
+                    label: spec.label(),
+                    trigger: "http",
+                    export: "wasi:http/incoming-handler@0.2.x",
+                    detail: format!("{e:#}"),
+                })?,
+            )
+        } else {
+            None
+        };
+        let event = if needs.event {
+            Some(
+                EventExport::find(component).map_err(|detail| WorkloadError::MissingExport {
+                    label: spec.label(),
+                    trigger: "timer",
+                    export: "margo:edge/event-handler@0.1.0",
+                    detail,
+                })?,
+            )
+        } else {
+            None
+        };
+        Ok(Self {
+            spec,
+            pre,
+            http,
+            event,
+            stats: WorkloadStats::default(),
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        self.pre.engine()
+    }
+
+    /// A fresh store with this workload's limits; the deadline starts now.
+    fn new_store(&self) -> Result<Store<InstanceState>, InvocationError> {
+        let spec = &self.spec;
+        let mut wasi = WasiCtxBuilder::new();
+        if spec.data_dir {
+            let dir = spec
+                .partition
+                .data_dir(&spec.deployment_id)
+                .map_err(|e| self.failed(format!("cannot create its data directory: {e}")))?;
+            wasi.preopened_dir(&dir, "/data", FsPerms::ReadWrite)
+                .map_err(|e| self.failed(format!("cannot open its data directory: {e:#}")))?;
+        }
+        let state = InstanceState {
+            table: ResourceTable::new(),
+            wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            outbound: OutboundPolicy::new(spec.outbound.clone()),
+            wasmgate: WasmgateCtx {
+                config: spec.config.clone(),
+                kv: Some(spec.partition.kv.scope(&spec.deployment_id)),
+                log: Arc::new(LogContext::new(
+                    &spec.deployment_name,
+                    &spec.component,
+                    &spec.partition.device_id,
+                )),
+            },
+            limiter: crate::sandbox::InstanceLimiter::new(
+                spec.memory_limit,
+                spec.partition.memory.clone(),
+            ),
+            clock: GuestClock::new(spec.timeout, spec.partition.cpu.clone()),
+        };
+        let mut store = Store::new(self.pre.engine(), state);
+        store.limiter(|state| &mut state.limiter);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|mut ctx| Ok(ctx.data_mut().clock.on_epoch()));
+        Ok(store)
+    }
+
+    fn failed(&self, message: String) -> InvocationError {
+        InvocationError::Failed {
+            label: self.spec.label(),
+            message,
+        }
+    }
+
+    /// Turns a failed call into the most specific explanation the store can give.
+    fn classify(&self, state: &InstanceState, err: &wasmtime::Error) -> InvocationError {
+        let label = self.spec.label();
+        if state.clock.timed_out {
+            return InvocationError::Timeout {
+                label,
+                timeout: self.spec.timeout,
+            };
+        }
+        match &state.limiter.denial {
+            Some(MemoryDenial::Instance { limit, requested }) => {
+                return InvocationError::InstanceMemory {
+                    label,
+                    limit: *limit,
+                    requested: *requested,
+                }
+            }
+            Some(MemoryDenial::Partition { limit }) => {
+                return InvocationError::PartitionMemory {
+                    label,
+                    partition: self.spec.partition.device_id.clone(),
+                    limit: *limit,
+                }
+            }
+            None => {}
+        }
+        match err.downcast_ref::<Trap>() {
+            Some(trap) => InvocationError::Trap {
+                label,
+                message: trap.to_string(),
+            },
+            None => InvocationError::Failed {
+                label,
+                message: format!("{err:#}"),
+            },
+        }
+    }
+
+    fn record(&self, result: &Result<(), InvocationError>) {
+        self.stats.invocations.fetch_add(1, Ordering::Relaxed);
+        if let Err(err) = result {
+            self.stats.failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                deployment = %self.spec.deployment_name,
+                component = %self.spec.component,
+                partition = %self.spec.partition.device_id,
+                error = %err,
+                "invocation failed"
+            );
+        }
+    }
+}
