@@ -138,8 +138,7 @@ pub struct TimerTrigger {
 #[serde(rename_all = "kebab-case")]
 struct RawExtensions {
     trigger: Option<BTreeMap<String, Value>>,
-    #[serde(default)]
-    limits: RawLimits,
+    limits: Option<Value>,
     #[serde(default)]
     data_dir: bool,
     #[serde(default)]
@@ -371,9 +370,14 @@ fn parse_extensions(at: &str, value: Value) -> Result<WasmgateExtensions, ModelE
         // Unknown extension fields are ignored, never fatal (Margo extensibility rule).
         tracing::warn!(field = %format!("{at}.{key}"), "ignoring unknown field");
     }
+    let limits: RawLimits = match raw.limits {
+        None => RawLimits::default(),
+        Some(value) => serde_json::from_value(value)
+            .map_err(|e| model_err(format!("{at}.limits"), e.to_string()))?,
+    };
     let mut ext = WasmgateExtensions {
-        memory: raw.limits.memory.map(|b| b.0),
-        timeout: raw.limits.timeout.map(|d| d.0),
+        memory: limits.memory.map(|b| b.0),
+        timeout: limits.timeout.map(|d| d.0),
         data_dir: raw.data_dir,
         outbound: raw.outbound,
         ..Default::default()
@@ -481,10 +485,10 @@ spec:
     fn errors_name_the_field() {
         let cases = [
             (
-                "id: 3f0c6d52-1b7e-4a39-9d2a-8e5b7c4a1f01",
-                "nope",
                 "deviceId: edge-01/apps",
                 "deviceId: edge 01",
+                "",
+                "",
                 "metadata.deviceId",
             ),
             (

@@ -295,7 +295,7 @@ impl Reconciler {
             }
         }
         self.set_state(&item, &deployment, DeploymentState::Installing, None);
-        match self.prepare(&item, &deployment, artifacts).await {
+        match self.prepare(&deployment, artifacts).await {
             Err(failure) => self.fail(&item, &deployment, failure),
             Ok(prepared) => {
                 let timers = prepared
@@ -443,7 +443,6 @@ impl Reconciler {
 
     async fn prepare(
         &self,
-        item: &DesiredDeployment,
         deployment: &Deployment,
         artifacts: Vec<Artifact>,
     ) -> Result<Prepared, Failure> {
@@ -573,7 +572,6 @@ impl Reconciler {
             files.push(artifact.path.clone());
             workloads.push((component.clone(), Arc::new(workload)));
         }
-        let _ = item;
         Ok(Prepared {
             partition,
             memory: requirement.memory,
