@@ -10,11 +10,12 @@ const TARGET: &str = "wasm32-wasip2";
 
 /// (constant suffix, cargo package, artifact file stem). Cargo names cdylib artifacts after
 /// the lib target, so hyphens become underscores.
-const GUESTS: [(&str, &str, &str); 4] = [
+const GUESTS: [(&str, &str, &str); 5] = [
     ("HELLO", "hello", "hello"),
     ("COUNTER", "counter", "counter"),
     ("SENSOR_FILTER", "sensor-filter", "sensor_filter"),
     ("MISBEHAVE", "misbehave", "misbehave"),
+    ("PLAIN_HELLO", "plain-hello", "plain_hello"),
 ];
 
 fn main() {

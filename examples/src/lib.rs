@@ -12,14 +12,18 @@ pub const COUNTER: &str = env!("WASMGATE_GUEST_COUNTER");
 pub const SENSOR_FILTER: &str = env!("WASMGATE_GUEST_SENSOR_FILTER");
 /// `misbehave` (world `http-function`): hostile behaviours for sandboxing tests.
 pub const MISBEHAVE: &str = env!("WASMGATE_GUEST_MISBEHAVE");
+/// `plain-hello`: imports only `wasi:http/proxy` (no platform services), so `wasmtime serve`
+/// runs it too; its `margo:edge/event-handler` export returns at once. The benchmark guest.
+pub const PLAIN_HELLO: &str = env!("WASMGATE_GUEST_PLAIN_HELLO");
 
 /// Every example as `(name, path)`.
-pub fn all() -> [(&'static str, &'static str); 4] {
+pub fn all() -> [(&'static str, &'static str); 5] {
     [
         ("hello", HELLO),
         ("counter", COUNTER),
         ("sensor-filter", SENSOR_FILTER),
         ("misbehave", MISBEHAVE),
+        ("plain-hello", PLAIN_HELLO),
     ]
 }
 

@@ -86,6 +86,10 @@ pub struct DeviceConfig {
     /// Whether the host itself accepts deployments (besides its partitions).
     #[serde(default)]
     pub hosts: bool,
+    /// Whether an OpenTelemetry collector runs on the device (reported as
+    /// `otelCollector`); wasmgate does not bundle one.
+    #[serde(default)]
+    pub otel_collector: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -158,6 +162,83 @@ pub struct Config {
     pub wfm: Option<toml::Table>,
     /// How often the deployments folder is checked for changes in local mode.
     pub watch_interval: Option<HumanDuration>,
+    /// Component artifacts: size limit, cache quota and garbage collection, pulls.
+    #[serde(default)]
+    pub artifacts: ArtifactsConfig,
+    /// Per-registry settings, keyed by `HOST` or `HOST:PORT` as in `oci://HOST:PORT/...`.
+    #[serde(default)]
+    pub registries: BTreeMap<String, RegistryConfig>,
+}
+
+/// `[artifacts]`: where components come from and how much of them is kept.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ArtifactsConfig {
+    /// Largest component accepted (file or OCI layer); default 256Mi.
+    pub max_component_size: Option<ByteSize>,
+    /// Most disk space artifacts and compiled code may use together; unreferenced
+    /// entries are evicted to stay below it. Default 2Gi.
+    pub cache_quota: Option<ByteSize>,
+    /// How long an artifact no deployment references is kept (for a quick rollback).
+    /// Default 1h.
+    pub gc_grace: Option<HumanDuration>,
+    /// Docker-style `config.json` (`{"auths": {"HOST": {"auth": base64(USER:PASS)}}}`)
+    /// for registries without credentials in `[registries]`.
+    pub registry_auth_file: Option<PathBuf>,
+    /// Bound on one manifest or layer download. Default 5m.
+    pub pull_timeout: Option<HumanDuration>,
+}
+
+impl ArtifactsConfig {
+    pub fn max_component_size(&self) -> u64 {
+        self.max_component_size
+            .map(|b| b.0)
+            .unwrap_or(crate::deploy::artifact::MAX_COMPONENT_BYTES)
+    }
+
+    pub fn cache_quota(&self) -> u64 {
+        self.cache_quota.map(|b| b.0).unwrap_or(2 << 30)
+    }
+
+    pub fn gc_grace(&self) -> Duration {
+        self.gc_grace
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(3600))
+    }
+
+    pub fn pull_timeout(&self) -> Duration {
+        self.pull_timeout
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(300))
+    }
+}
+
+/// How to talk to a registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistryProtocol {
+    Https,
+    /// Plain HTTP: the default only for loopback registries; elsewhere it must be
+    /// asked for explicitly.
+    Http,
+}
+
+/// `[registries."HOST:PORT"]`: credentials and TLS for one registry.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RegistryConfig {
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// File holding the password (trailing newline ignored).
+    pub password_file: Option<PathBuf>,
+    /// Bearer token sent as is (instead of username / password).
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+    /// PEM file with the CA (or CAs) that signed the registry's certificate, trusted in
+    /// addition to the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// `https` (default) or `http` (default for 127.0.0.0/8, ::1 and localhost).
+    pub protocol: Option<RegistryProtocol>,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -173,6 +254,8 @@ impl Default for Config {
             partitions: Vec::new(),
             wfm: None,
             watch_interval: None,
+            artifacts: ArtifactsConfig::default(),
+            registries: BTreeMap::new(),
         }
     }
 }
@@ -212,6 +295,14 @@ impl Config {
         }
     }
 
+    /// The parsed `[wfm]` section; `None` means local mode.
+    pub fn wfm_settings(&self) -> Result<Option<crate::margo::WfmSettings>, ConfigError> {
+        self.wfm
+            .as_ref()
+            .map(|table| crate::margo::WfmSettings::from_table(table).map_err(ConfigError::Invalid))
+            .transpose()
+    }
+
     pub fn device_id(&self) -> String {
         self.device
             .as_ref()
@@ -231,13 +322,14 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
-        if let Some(wfm) = &self.wfm {
-            if !wfm.is_empty() {
-                return invalid(
-                    "[wfm]: this build of wasmgate has no Margo WFM client yet; remove the [wfm] section to run in local mode".into(),
-                );
-            }
+        self.wfm_settings()?;
+        if self
+            .watch_interval
+            .is_some_and(|d| d.0 < Duration::from_millis(50))
+        {
+            return invalid("watch-interval: expected at least 50ms".into());
         }
+        self.validate_registries()?;
         let device_id = self.device_id();
         if !is_valid_id_segment(&device_id) {
             return invalid(format!(
@@ -269,6 +361,51 @@ impl Config {
             }
             if p.timeout().is_zero() {
                 return invalid(format!("{at} timeout: expected more than 0s"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    fn validate_registries(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.artifacts.max_component_size.is_some_and(|b| b.0 < 8) {
+            return invalid("[artifacts] max-component-size: expected at least 8 bytes".into());
+        }
+        if self.artifacts.pull_timeout.is_some_and(|d| d.0.is_zero()) {
+            return invalid("[artifacts] pull-timeout: expected more than 0s".into());
+        }
+        for (host, r) in &self.registries {
+            let at = format!("[registries.\"{host}\"]");
+            let valid_host = !host.is_empty()
+                && !host.contains('/')
+                && !host.contains("://")
+                && host.bytes().all(|b| {
+                    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']')
+                });
+            if !valid_host {
+                return invalid(format!(
+                    "{at}: expected a registry HOST or HOST:PORT as in oci://HOST:PORT/repo, without scheme or path"
+                ));
+            }
+            let has_password = r.password.is_some() || r.password_file.is_some();
+            let has_token = r.token.is_some() || r.token_file.is_some();
+            if r.password.is_some() && r.password_file.is_some() {
+                return invalid(format!("{at}: set password or password-file, not both"));
+            }
+            if r.token.is_some() && r.token_file.is_some() {
+                return invalid(format!("{at}: set token or token-file, not both"));
+            }
+            if has_token && (r.username.is_some() || has_password) {
+                return invalid(format!(
+                    "{at}: set either token or username and password, not both"
+                ));
+            }
+            if r.username.is_some() != has_password {
+                return invalid(format!(
+                    "{at}: username and password (or password-file) go together"
+                ));
             }
         }
         Ok(())
@@ -363,6 +500,38 @@ mod tests {
     }
 
     #[test]
+    fn artifacts_and_registries_parse() {
+        let config = Config::parse(
+            r#"
+            [artifacts]
+            max-component-size = "64Mi"
+            cache-quota = "512Mi"
+            gc-grace = "10m"
+            registry-auth-file = "/etc/wasmgate/auth.json"
+            [registries."registry.example.com"]
+            username = "edge"
+            password-file = "/etc/wasmgate/registry-password"
+            ca-file = "/etc/wasmgate/registry-ca.pem"
+            [registries."10.0.0.5:5000"]
+            protocol = "http"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.artifacts.max_component_size(), 64 << 20);
+        assert_eq!(config.artifacts.cache_quota(), 512 << 20);
+        assert_eq!(config.artifacts.gc_grace(), Duration::from_secs(600));
+        let r = &config.registries["registry.example.com"];
+        assert_eq!(r.username.as_deref(), Some("edge"));
+        assert_eq!(
+            config.registries["10.0.0.5:5000"].protocol,
+            Some(RegistryProtocol::Http)
+        );
+        let defaults = Config::parse("").unwrap();
+        assert_eq!(defaults.artifacts.cache_quota(), 2 << 30);
+        assert!(defaults.registries.is_empty());
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let cases = [
             ("[[partition]]\nid = \"a/b\"\ncpu = 1\nmemory = \"1Gi\"\nstorage = \"1Gi\"", "id"),
@@ -372,7 +541,12 @@ mod tests {
             ("[device]\nmode = \"sideways\"", "mode"),
             ("[[partition]]\nid = \"a\"\ncpu = 1\nmemory = \"1Gi\"\nstorage = \"1Gi\"\n[[partition]]\nid = \"a\"\ncpu = 1\nmemory = \"1Gi\"\nstorage = \"1Gi\"", "duplicate"),
             ("colour = \"blue\"", "colour"),
-            ("[wfm]\nurl = \"https://wfm\"", "[wfm]"),
+            ("[wfm]\nurl = \"https://wfm\"", "svid-cert"),
+            ("[registries.\"https://r.io\"]", "HOST:PORT"),
+            ("[registries.\"r.io\"]\nusername = \"u\"", "go together"),
+            ("[registries.\"r.io\"]\ntoken = \"t\"\nusername = \"u\"\npassword = \"p\"", "not both"),
+            ("[registries.\"r.io\"]\nprotocol = \"ftp\"", "protocol"),
+            ("[artifacts]\nquota = \"1Gi\"", "quota"),
         ];
         for (text, needle) in cases {
             let err = Config::parse(text).unwrap_err().to_string();

@@ -1,41 +1,445 @@
-//! Crash-safe file writes: a reader sees the old content or the new, never a torn mix.
+//! Crash-safe files: a reader sees the old content or the new, never a torn mix.
+//!
+//! Three layers, each built on the one before:
+//! - [`write_atomic`] / [`AtomicFile`]: temp file next to the target, fsync, rename,
+//!   fsync of the directory. A crash at any point leaves the old file or the new one,
+//!   plus at worst a stray temp file that [`remove_stale_temps`] sweeps.
+//! - [`StateDir`]: small named records (`key` -> bytes or JSON) under one directory,
+//!   each written atomically and carrying a sha256 of its content, so a record damaged
+//!   on disk is detected on read instead of being trusted. This is the store the Margo
+//!   client keeps its accepted manifest version, ETag and status outbox in, and the
+//!   reconciler its applied deployments.
+//! - content-addressed blobs (`deploy::store`) use [`AtomicFile`] directly.
 
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Prefix of every temporary file this module creates; never a valid record or blob name.
+pub const TEMP_PREFIX: &str = ".tmp-";
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn temp_path(dir: &Path, name: &str) -> PathBuf {
+    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    dir.join(format!("{TEMP_PREFIX}{}-{n}-{name}", std::process::id()))
+}
+
+/// fsyncs a directory so that renames and removals inside it survive a power cut.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
 
 /// Writes `bytes` to a temporary file next to `path`, fsyncs it, renames it over
 /// `path` and fsyncs the directory so the rename itself survives a power cut.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
+    let mut file = AtomicFile::create(path)?;
+    file.write_all(bytes)?;
+    file.commit()
+}
+
+/// A file being written in place of `target`: invisible under its final name until
+/// [`AtomicFile::commit`]; dropped uncommitted, it leaves nothing behind.
+pub struct AtomicFile {
+    file: Option<std::fs::File>,
+    tmp: PathBuf,
+    target: PathBuf,
+}
+
+impl AtomicFile {
+    /// Starts writing; the parent directory must exist.
+    pub fn create(target: &Path) -> std::io::Result<Self> {
+        let dir = target.parent().unwrap_or_else(|| Path::new("."));
+        let name = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = temp_path(dir, &name);
+        let file = std::fs::File::create(&tmp)?;
+        Ok(Self {
+            file: Some(file),
+            tmp,
+            target: target.to_owned(),
+        })
+    }
+
+    /// fsyncs the content, renames it to the target and fsyncs the directory.
+    pub fn commit(mut self) -> std::io::Result<()> {
+        let file = self.file.take().expect("file present until commit");
         file.sync_all()?;
+        drop(file);
+        std::fs::rename(&self.tmp, &self.target)?;
+        let dir = self.target.parent().unwrap_or_else(|| Path::new("."));
+        sync_dir(dir)
     }
-    if let Err(err) = std::fs::rename(&tmp, path) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(err);
+}
+
+impl Write for AtomicFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.as_mut().expect("file present").write(buf)
     }
-    if let Ok(dir) = std::fs::File::open(dir) {
-        let _ = dir.sync_all();
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.as_mut().expect("file present").flush()
     }
-    Ok(())
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Removes temporary files a crash left in `dir` (not recursive). Call it only while
+/// no writer is active in `dir`, i.e. when opening a store at start-up.
+pub fn remove_stale_temps(dir: &Path) -> std::io::Result<usize> {
+    let mut removed = 0;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(err) => return Err(err),
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with(TEMP_PREFIX) {
+            std::fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        let _ = sync_dir(dir);
+    }
+    Ok(removed)
+}
+
+/// sha256 of a file's content as lowercase hex, read in chunks.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// First line of every [`StateDir`] record: magic, sha256 and length of the payload.
+const RECORD_MAGIC: &str = "wasmgate-record-v1";
+
+/// Why a record could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state record {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The record exists but its checksum, header or JSON does not hold: it was damaged
+    /// on disk (or written by something else). Never trust it.
+    #[error("state record {path} is corrupt: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("state key {key:?} is not valid: use segments of letters, digits, '.', '_' and '-' joined by '/', none starting with '.'")]
+    Key { key: String },
+}
+
+/// A directory of small named records, each replaced atomically and checksummed.
+///
+/// Keys are relative paths of `[A-Za-z0-9._-]` segments joined by `/`, no segment
+/// starting with `.` (`manifest`, `outbox/00000000000000000042.json`). [`StateDir::keys`]
+/// lists them sorted, so zero-padded sequence numbers give a durable FIFO queue.
+///
+/// Guarantees: after `put` returns, the record survives a crash or power cut; a crash
+/// during `put` leaves the previous record (or none) readable; a record damaged on disk
+/// reads as [`StateError::Corrupt`], never as wrong data.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+fn valid_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.split('/').all(|seg| {
+            !seg.is_empty()
+                && !seg.starts_with('.')
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        })
+}
+
+impl StateDir {
+    /// Opens (creating it when needed) the store rooted at `root`, removing temporary
+    /// files left by a crash anywhere below it.
+    pub fn open(root: impl Into<PathBuf>) -> std::io::Result<Self> {
+        let root = root.into();
+        std::fs::create_dir_all(&root)?;
+        fn sweep(dir: &Path) -> std::io::Result<()> {
+            remove_stale_temps(dir)?;
+            for entry in std::fs::read_dir(dir)?.flatten() {
+                if entry.file_type()?.is_dir() {
+                    sweep(&entry.path())?;
+                }
+            }
+            Ok(())
+        }
+        sweep(&root)?;
+        Ok(Self { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf, StateError> {
+        if !valid_key(key) {
+            return Err(StateError::Key { key: key.into() });
+        }
+        Ok(self.root.join(key))
+    }
+
+    /// Stores `bytes` under `key`, durably, replacing what was there.
+    pub fn put(&self, key: &str, bytes: &[u8]) -> Result<(), StateError> {
+        let path = self.path(key)?;
+        let io = |source| StateError::Io {
+            path: path.clone(),
+            source,
+        };
+        if let Some(parent) = path.parent() {
+            if !parent.exists() {
+                std::fs::create_dir_all(parent).map_err(io)?;
+                if let Some(grand) = parent.parent() {
+                    let _ = sync_dir(grand);
+                }
+            }
+        }
+        let header = format!(
+            "{RECORD_MAGIC} sha256:{} {}\n",
+            hex::encode(Sha256::digest(bytes)),
+            bytes.len()
+        );
+        let mut file = AtomicFile::create(&path).map_err(io)?;
+        file.write_all(header.as_bytes()).map_err(io)?;
+        file.write_all(bytes).map_err(io)?;
+        file.commit().map_err(io)
+    }
+
+    /// The record under `key`, `None` when there is none.
+    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+        let path = self.path(key)?;
+        let raw = match std::fs::read(&path) {
+            Ok(raw) => raw,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(StateError::Io { path, source }),
+        };
+        let corrupt = |reason: &str| StateError::Corrupt {
+            path: path.clone(),
+            reason: reason.into(),
+        };
+        let newline = raw
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or_else(|| corrupt("no header line"))?;
+        let header =
+            std::str::from_utf8(&raw[..newline]).map_err(|_| corrupt("header is not text"))?;
+        let mut fields = header.split(' ');
+        if fields.next() != Some(RECORD_MAGIC) {
+            return Err(corrupt("unknown header"));
+        }
+        let digest = fields
+            .next()
+            .and_then(|d| d.strip_prefix("sha256:"))
+            .ok_or_else(|| corrupt("header has no sha256"))?;
+        let len: usize = fields
+            .next()
+            .and_then(|l| l.parse().ok())
+            .ok_or_else(|| corrupt("header has no length"))?;
+        let payload = &raw[newline + 1..];
+        if payload.len() != len {
+            return Err(corrupt(&format!(
+                "{} bytes of payload, header says {len}",
+                payload.len()
+            )));
+        }
+        if hex::encode(Sha256::digest(payload)) != digest {
+            return Err(corrupt("sha256 does not match the content"));
+        }
+        Ok(Some(payload.to_vec()))
+    }
+
+    /// Removes the record under `key` (durably); absent keys are fine.
+    pub fn delete(&self, key: &str) -> Result<(), StateError> {
+        let path = self.path(key)?;
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => return Err(StateError::Io { path, source }),
+        }
+        if let Some(parent) = path.parent() {
+            let _ = sync_dir(parent);
+        }
+        Ok(())
+    }
+
+    /// Keys of the records directly inside folder `prefix` (`""` for the root), sorted,
+    /// as full keys (`outbox/0001`).
+    pub fn keys(&self, prefix: &str) -> Result<Vec<String>, StateError> {
+        let dir = if prefix.is_empty() {
+            self.root.clone()
+        } else {
+            self.path(prefix)?
+        };
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(StateError::Io { path: dir, source }),
+        };
+        let mut keys = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || !entry.file_type().is_ok_and(|t| t.is_file()) {
+                continue;
+            }
+            keys.push(if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}/{name}")
+            });
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// Stores `value` as JSON under `key`.
+    pub fn put_json<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StateError> {
+        let bytes = serde_json::to_vec_pretty(value).map_err(|e| StateError::Corrupt {
+            path: self.root.join(key),
+            reason: format!("cannot encode: {e}"),
+        })?;
+        self.put(key, &bytes)
+    }
+
+    /// The JSON record under `key`; a record that does not decode as `T` is corrupt.
+    pub fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StateError> {
+        match self.get(key)? {
+            None => Ok(None),
+            Some(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| StateError::Corrupt {
+                        path: self.root.join(key),
+                        reason: format!("not the expected JSON: {e}"),
+                    })
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn replaces_content() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
-        super::write_atomic(&path, b"one").unwrap();
-        super::write_atomic(&path, b"two").unwrap();
+        write_atomic(&path, b"one").unwrap();
+        write_atomic(&path, b"two").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"two");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn uncommitted_file_leaves_nothing_and_stale_temps_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        {
+            let mut file = AtomicFile::create(&path).unwrap();
+            file.write_all(b"partial").unwrap();
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        // What a crash leaves behind.
+        std::fs::write(dir.path().join(format!("{TEMP_PREFIX}1-2-f")), b"x").unwrap();
+        assert_eq!(remove_stale_temps(dir.path()).unwrap(), 1);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn state_dir_round_trips_and_detects_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateDir::open(dir.path().join("state")).unwrap();
+        assert_eq!(store.get("manifest").unwrap(), None);
+        store.put("manifest", b"v1").unwrap();
+        store.put("manifest", b"v2").unwrap();
+        assert_eq!(store.get("manifest").unwrap().unwrap(), b"v2");
+        store
+            .put_json("outbox/0002", &serde_json::json!({"n": 2}))
+            .unwrap();
+        store
+            .put_json("outbox/0001", &serde_json::json!({"n": 1}))
+            .unwrap();
+        assert_eq!(
+            store.keys("outbox").unwrap(),
+            vec!["outbox/0001".to_string(), "outbox/0002".to_string()]
+        );
+        let one: serde_json::Value = store.get_json("outbox/0001").unwrap().unwrap();
+        assert_eq!(one["n"], 1);
+        store.delete("outbox/0001").unwrap();
+        store.delete("outbox/0001").unwrap();
+        assert_eq!(store.keys("outbox").unwrap().len(), 1);
+        assert_eq!(store.keys("").unwrap(), vec!["manifest".to_string()]);
+
+        // Flip one payload byte: detected, not returned.
+        let path = store.root().join("manifest");
+        let mut raw = std::fs::read(&path).unwrap();
+        let last = raw.len() - 1;
+        raw[last] ^= 1;
+        std::fs::write(&path, &raw).unwrap();
+        assert!(matches!(
+            store.get("manifest"),
+            Err(StateError::Corrupt { .. })
+        ));
+        // Truncation too.
+        std::fs::write(&path, &raw[..raw.len() - 1]).unwrap();
+        assert!(matches!(
+            store.get("manifest"),
+            Err(StateError::Corrupt { .. })
+        ));
+        for bad in ["", "../x", "a//b", ".hidden", "a/.b", "a b"] {
+            assert!(
+                matches!(store.put(bad, b""), Err(StateError::Key { .. })),
+                "{bad}"
+            );
+        }
+        // Reopening sweeps crash leftovers in subfolders.
+        std::fs::write(
+            store
+                .root()
+                .join("outbox")
+                .join(format!("{TEMP_PREFIX}9-9-x")),
+            b"junk",
+        )
+        .unwrap();
+        let store = StateDir::open(store.root().to_owned()).unwrap();
+        assert_eq!(
+            store.keys("outbox").unwrap(),
+            vec!["outbox/0002".to_string()]
+        );
+        assert_eq!(
+            std::fs::read_dir(store.root().join("outbox"))
+                .unwrap()
+                .count(),
+            1
+        );
     }
 }

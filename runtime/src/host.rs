@@ -17,6 +17,8 @@ pub enum DesiredSource {
     Folder(PathBuf),
     /// One fixed document (`wasmgate run`).
     Fixed(DesiredDeployment),
+    /// A Margo Workload Fleet Manager.
+    Wfm(Box<crate::margo::WfmSettings>),
 }
 
 pub struct Host {
@@ -61,7 +63,31 @@ impl Host {
             routes.clone(),
             status.clone(),
         )
-        .map_err(|e| anyhow::anyhow!("cannot set up the component linker: {e:#}"))?;
+        .map_err(|e| anyhow::anyhow!("cannot set up the component linker: {e:#}"))?
+        .with_state(&config.state_dir, &config)
+        .with_context(|| {
+            format!(
+                "cannot open the artifact store under {}",
+                config.state_dir.display()
+            )
+        })?;
+        let mut reconciler = reconciler;
+        let identity = crate::margo::capabilities::DeviceIdentity::from_config(&config);
+        reconciler.set_capabilities(
+            config
+                .partitions
+                .iter()
+                .map(|p| {
+                    let doc = crate::margo::capabilities::partition_document(
+                        &config,
+                        &identity,
+                        p,
+                        crate::margo::Profile::Rc3,
+                    );
+                    (p.id.clone(), doc)
+                })
+                .collect(),
+        );
         Ok(Self {
             config,
             reconciler,
@@ -108,12 +134,28 @@ impl Host {
                 self.announce(addr);
                 shutdown.await;
             }
+            DesiredSource::Wfm(settings) => {
+                let events = self.status.subscribe();
+                let client = crate::margo::WfmClient::new(*settings, self.config.clone(), events)
+                    .await
+                    .context("cannot start the Margo WFM client")?;
+                let (status, announced) = (self.status.clone(), &mut self.announced);
+                client
+                    .run(&mut self.reconciler, shutdown, |reconciler| {
+                        announce(reconciler, &status, addr, announced)
+                    })
+                    .await;
+            }
             DesiredSource::Folder(dir) => {
                 let interval = self.config.watch_interval();
                 let mut last_digest = None;
                 loop {
                     match local::scan(&dir, &self.reconciler.watched_files()) {
-                        Ok(scan) if Some(scan.digest) != last_digest => {
+                        // A changed folder, or the reconciler asks for another pass
+                        // (retrying a failed pull, collecting garbage).
+                        Ok(scan)
+                            if Some(scan.digest) != last_digest || self.reconciler.pass_due() =>
+                        {
                             last_digest = Some(scan.digest);
                             self.reconciler.apply(scan.documents).await;
                             self.announce(addr);
@@ -134,10 +176,20 @@ impl Host {
         Ok(())
     }
 
-    /// Prints what is served and what failed, when that changed since the last time.
     fn announce(&mut self, addr: SocketAddr) {
-        let mut lines: Vec<String> = self
-            .reconciler
+        announce(&self.reconciler, &self.status, addr, &mut self.announced);
+    }
+}
+
+/// Prints what is served and what failed, when that changed since the last time.
+fn announce(
+    reconciler: &Reconciler,
+    status: &StatusBoard,
+    addr: SocketAddr,
+    announced: &mut Vec<String>,
+) {
+    {
+        let mut lines: Vec<String> = reconciler
             .served_routes()
             .into_iter()
             .map(|(route, name, partition)| {
@@ -145,7 +197,7 @@ impl Host {
             })
             .collect();
         lines.sort();
-        for d in self.status.snapshot().deployments {
+        for d in status.snapshot().deployments {
             if let Some(err) = d.error {
                 lines.push(format!(
                     "wasmgate: FAILED {}: [{}] {}",
@@ -153,11 +205,11 @@ impl Host {
                 ));
             }
         }
-        if lines != self.announced {
+        if lines != *announced {
             for line in &lines {
                 println!("{line}");
             }
-            self.announced = lines;
+            *announced = lines;
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod engine;
 pub mod fsutil;
 pub mod host;
 pub mod ingress;
+pub mod margo;
 pub mod sandbox;
 pub mod units;
 pub mod workload;

@@ -24,6 +24,7 @@ fn main() -> anyhow::Result<()> {
             }),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -50,10 +51,16 @@ fn main() -> anyhow::Result<()> {
                 if admin.is_some() {
                     config.http.admin = admin;
                 }
-                if !deployments.is_dir() {
-                    tracing::warn!(dir = %deployments.display(), "deployments folder does not exist yet; serving nothing until it appears");
-                }
-                Host::new(config)?.run(DesiredSource::Folder(deployments)).await
+                let source = match config.wfm_settings()? {
+                    Some(settings) => DesiredSource::Wfm(Box::new(settings)),
+                    None => {
+                        if !deployments.is_dir() {
+                            tracing::warn!(dir = %deployments.display(), "deployments folder does not exist yet; serving nothing until it appears");
+                        }
+                        DesiredSource::Folder(deployments)
+                    }
+                };
+                Host::new(config)?.run(source).await
             }
             Command::Run {
                 component,

@@ -257,3 +257,58 @@ fn invalid_config_is_refused_with_the_field_named() {
         "{stderr}"
     );
 }
+
+#[test]
+fn broken_edit_keeps_the_running_version_and_late_files_are_picked_up() {
+    let sandbox = Sandbox::new();
+    let ext = hello_http("/hello");
+    sandbox.put(
+        "hello.yaml",
+        &deployment(
+            HELLO_ID,
+            "hello",
+            None,
+            &[("hello", wasmgate_examples::HELLO, &ext)],
+            &[],
+        ),
+    );
+    // A component file that does not exist yet.
+    sandbox.put(
+        "late.yaml",
+        &deployment(
+            COUNTER_ID,
+            "late",
+            None,
+            &[(
+                "late",
+                "file:../late.wasm",
+                "{trigger: {http: {route: /late}}}",
+            )],
+            &[],
+        ),
+    );
+    let gate = sandbox.up(TWO_PARTITIONS);
+    gate.wait_for("/hello", 200, "Hello, world!");
+    gate.wait_status("late fails", |s| {
+        state_of(s, "late.yaml").is_some_and(|d| d["state"] == "failed")
+    });
+
+    // A broken edit of a running deployment: reported, but the old version serves on.
+    sandbox.put("hello.yaml", "id: [oops\n");
+    let status = gate.wait_status("broken edit reported", |s| {
+        state_of(s, "hello.yaml").is_some_and(|d| d["state"] == "failed")
+    });
+    let message = state_of(&status, "hello.yaml").unwrap()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        message.contains("previous version keeps serving"),
+        "{message}"
+    );
+    assert_eq!(gate.get("/hello"), (200, "Hello, world!\n".to_string()));
+
+    // The missing component file appears: the deployment installs without a YAML edit.
+    std::fs::copy(wasmgate_examples::HELLO, sandbox.path().join("late.wasm")).unwrap();
+    gate.wait_for("/late", 200, "Hello, world!");
+}

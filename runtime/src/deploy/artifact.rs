@@ -1,9 +1,25 @@
-//! Fetching a component's bytes from its `properties.repository`.
+//! Fetching a component's bytes from its `properties.repository`: a local file (path,
+//! `file:` URL) or an OCI registry (`oci://`), always ending in the content-addressed
+//! blob store under `state-dir/artifacts`, verified by sha256.
+//!
+//! Resolution and loading are separate steps, so the reconciler can tell from digests
+//! alone whether anything changed before it reads or downloads a byte:
+//! 1. [`Artifacts::resolve`]: repository + revision -> [`Pin`] (digest, size, manifest).
+//!    A local file is read and hashed; an OCI tag costs one manifest request, unless the
+//!    deployment was applied before with the same document, whose pins are then reused
+//!    (a restart or an unrelated change asks no registry anything).
+//! 2. [`Artifacts::load`]: the verified bytes, from the blob store when an intact copy
+//!    is there, downloaded (and verified while streaming) otherwise.
 
+use super::model::ComponentSpec;
+use super::oci::{parse_reference, ComponentRef, OciError, OciErrorKind, OciFetcher, OciSettings};
+use super::store::{sha256_hex, BlobStore, Pin};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-/// Components larger than this are refused before reading them into memory.
+/// Components larger than this are refused before reading them into memory (unless
+/// `[artifacts] max-component-size` says otherwise).
 pub const MAX_COMPONENT_BYTES: u64 = 256 << 20;
 
 /// The header of a WebAssembly *component* (a core module has version 1, layer 0).
@@ -11,7 +27,9 @@ const COMPONENT_HEADER: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x0
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ArtifactError {
-    #[error("repository {repository:?}: OCI registries are not supported by this build yet; use a local path or file: URL")]
+    #[error(
+        "repository {repository:?}: OCI registries need a state directory for the artifact store"
+    )]
     OciUnsupported { repository: String },
     #[error("repository {repository:?}: unsupported scheme; expected oci://, file: or a path")]
     Scheme { repository: String },
@@ -21,13 +39,12 @@ pub enum ArtifactError {
         path: PathBuf,
         message: String,
     },
-    #[error(
-        "repository {repository:?}: {path} is {size} bytes; the limit is {MAX_COMPONENT_BYTES}"
-    )]
+    #[error("repository {repository:?}: {path} is {size} bytes; the limit is {limit}")]
     TooLarge {
         repository: String,
         path: PathBuf,
         size: u64,
+        limit: u64,
     },
     #[error("repository {repository:?}: {path} is not a WebAssembly component ({what}); build it for wasm32-wasip2 or wrap a core module with `wasm-tools component new`")]
     NotAComponent {
@@ -35,15 +52,41 @@ pub enum ArtifactError {
         path: PathBuf,
         what: &'static str,
     },
+    #[error("repository {repository:?}: the artifact store: {message}")]
+    Store { repository: String, message: String },
+    #[error("repository {repository:?}: the applied artifact {digest} is no longer stored and cannot be fetched again from a local file")]
+    Missing { repository: String, digest: String },
+    #[error(transparent)]
+    Oci(#[from] OciError),
+}
+
+impl ArtifactError {
+    /// The status error code to report.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Oci(e) => e.kind.code(),
+            _ => "wasmgate.artifact",
+        }
+    }
+
+    /// Whether trying again later may succeed without a change of the deployment:
+    /// registry failures (a registry may come back, a tag may be pushed, credentials
+    /// or content fixed). Local files are watched, so their changes trigger a retry.
+    pub fn retryable(&self) -> bool {
+        matches!(self, Self::Oci(e) if e.kind != OciErrorKind::Config)
+    }
 }
 
 /// A component's bytes and their digest.
 #[derive(Debug, Clone)]
 pub struct Artifact {
-    pub bytes: std::sync::Arc<[u8]>,
+    pub bytes: Arc<[u8]>,
     /// `sha256:<hex>` of the bytes.
     pub digest: String,
+    /// The local file it came from, or its place in the blob store.
     pub path: PathBuf,
+    /// Whether `path` is a user's file whose changes are changes of desired state.
+    pub watch: bool,
 }
 
 /// Maps a local repository reference to a file; relative paths resolve against the
@@ -72,8 +115,28 @@ pub fn local_path(repository: &str, base_dir: &Path) -> Result<PathBuf, Artifact
     })
 }
 
+fn check_component(bytes: &[u8]) -> Result<(), &'static str> {
+    if bytes.starts_with(&COMPONENT_HEADER) {
+        Ok(())
+    } else if bytes.starts_with(b"\0asm\x01\0\0\0") {
+        Err("it is a core module")
+    } else if bytes.starts_with(b"\0asm") {
+        Err("unknown WebAssembly version")
+    } else {
+        Err("no WebAssembly header")
+    }
+}
+
 /// Reads and checks a local component file.
 pub fn load_local(repository: &str, base_dir: &Path) -> Result<Artifact, ArtifactError> {
+    load_local_limited(repository, base_dir, MAX_COMPONENT_BYTES)
+}
+
+fn load_local_limited(
+    repository: &str,
+    base_dir: &Path,
+    limit: u64,
+) -> Result<Artifact, ArtifactError> {
     let path = local_path(repository, base_dir)?;
     let read_err = |e: std::io::Error| ArtifactError::Read {
         repository: repository.into(),
@@ -81,22 +144,16 @@ pub fn load_local(repository: &str, base_dir: &Path) -> Result<Artifact, Artifac
         message: e.to_string(),
     };
     let size = std::fs::metadata(&path).map_err(read_err)?.len();
-    if size > MAX_COMPONENT_BYTES {
+    if size > limit {
         return Err(ArtifactError::TooLarge {
             repository: repository.into(),
             path,
             size,
+            limit,
         });
     }
     let bytes = std::fs::read(&path).map_err(read_err)?;
-    if !bytes.starts_with(&COMPONENT_HEADER) {
-        let what = if bytes.starts_with(b"\0asm\x01\0\0\0") {
-            "it is a core module"
-        } else if bytes.starts_with(b"\0asm") {
-            "unknown WebAssembly version"
-        } else {
-            "no WebAssembly header"
-        };
+    if let Err(what) = check_component(&bytes) {
         return Err(ArtifactError::NotAComponent {
             repository: repository.into(),
             path,
@@ -108,7 +165,247 @@ pub fn load_local(repository: &str, base_dir: &Path) -> Result<Artifact, Artifac
         bytes: bytes.into(),
         digest,
         path,
+        watch: true,
     })
+}
+
+/// A component resolved to a digest, not necessarily loaded yet.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub pin: Pin,
+    source: Source,
+}
+
+#[derive(Debug, Clone)]
+enum Source {
+    /// Read already (local files are hashed to resolve them).
+    Local(Artifact),
+    /// In the blob store, or to be fetched from the registry.
+    Oci(ComponentRef),
+    /// In the blob store only (a restored local component).
+    Stored,
+}
+
+impl Resolved {
+    /// The local file to watch, if the component is one.
+    pub fn watched_file(&self) -> Option<&Path> {
+        match &self.source {
+            Source::Local(a) => Some(&a.path),
+            _ => None,
+        }
+    }
+}
+
+/// Resolves and loads components; owns the blob store and the registry client.
+pub struct Artifacts {
+    blobs: Option<BlobStore>,
+    oci: OciFetcher,
+    max_size: u64,
+}
+
+impl Default for Artifacts {
+    /// Local files only, nothing stored: for embedders and benchmarks without a
+    /// state directory.
+    fn default() -> Self {
+        Self {
+            blobs: None,
+            oci: OciFetcher::new(OciSettings::default()),
+            max_size: MAX_COMPONENT_BYTES,
+        }
+    }
+}
+
+impl Artifacts {
+    /// Opens the blob store under `dir` (`state-dir/artifacts`).
+    pub fn open(dir: &Path, settings: OciSettings) -> std::io::Result<Self> {
+        let max_size = settings.max_size;
+        Ok(Self {
+            blobs: Some(BlobStore::open(dir)?),
+            oci: OciFetcher::new(settings),
+            max_size,
+        })
+    }
+
+    pub fn blobs(&self) -> Option<&BlobStore> {
+        self.blobs.as_ref()
+    }
+
+    pub fn oci(&self) -> &OciFetcher {
+        &self.oci
+    }
+
+    /// What `component` resolves to now. `pinned` (from a previous application of the
+    /// same document) stands in for the registry lookup of an OCI component; local files
+    /// are always read, since they are watched for changes.
+    pub async fn resolve(
+        &self,
+        component: &ComponentSpec,
+        base_dir: &Path,
+        pinned: Option<&Pin>,
+    ) -> Result<Resolved, ArtifactError> {
+        let repository = &component.repository;
+        if !repository.starts_with("oci://") {
+            let (repository, base_dir, limit) =
+                (repository.clone(), base_dir.to_owned(), self.max_size);
+            let artifact = tokio::task::spawn_blocking(move || {
+                load_local_limited(&repository, &base_dir, limit)
+            })
+            .await
+            .map_err(|e| ArtifactError::Store {
+                repository: component.repository.clone(),
+                message: format!("reader task failed: {e}"),
+            })??;
+            return Ok(Resolved {
+                pin: Pin {
+                    component: component.name.clone(),
+                    repository: component.repository.clone(),
+                    revision: component.revision.clone(),
+                    digest: artifact.digest.clone(),
+                    manifest: None,
+                    size: artifact.bytes.len() as u64,
+                },
+                source: Source::Local(artifact),
+            });
+        }
+        if self.blobs.is_none() {
+            return Err(ArtifactError::OciUnsupported {
+                repository: repository.clone(),
+            });
+        }
+        let reference = parse_reference(repository, component.revision.as_deref())?;
+        if let Some(pin) = pinned
+            .filter(|p| p.repository == component.repository && p.revision == component.revision)
+        {
+            return Ok(Resolved {
+                pin: pin.clone(),
+                source: Source::Oci(reference),
+            });
+        }
+        let layer = self.oci.resolve(&reference).await?;
+        tracing::debug!(reference = %reference.display, manifest = %layer.manifest, layer = %layer.digest, "resolved");
+        Ok(Resolved {
+            pin: Pin {
+                component: component.name.clone(),
+                repository: component.repository.clone(),
+                revision: component.revision.clone(),
+                digest: layer.digest,
+                manifest: Some(layer.manifest),
+                size: layer.size,
+            },
+            source: Source::Oci(reference),
+        })
+    }
+
+    /// Exactly the bytes `pin` names, for restoring an applied deployment after a
+    /// restart: from the blob store, or (OCI) downloaded by digest.
+    pub fn resolve_pinned(&self, pin: &Pin) -> Result<Resolved, ArtifactError> {
+        let source = if pin.repository.starts_with("oci://") {
+            Source::Oci(parse_reference(&pin.repository, pin.revision.as_deref())?)
+        } else {
+            Source::Stored
+        };
+        Ok(Resolved {
+            pin: pin.clone(),
+            source,
+        })
+    }
+
+    /// The verified bytes of a resolved component. Local files are copied into the
+    /// blob store (so that a restart can serve exactly what was applied); OCI layers
+    /// are downloaded only when no intact copy is stored.
+    pub async fn load(&self, resolved: Resolved) -> Result<Artifact, ArtifactError> {
+        let pin = resolved.pin;
+        let store_err = |message: String| ArtifactError::Store {
+            repository: pin.repository.clone(),
+            message,
+        };
+        let hex = sha256_hex(&pin.digest)
+            .ok_or_else(|| store_err(format!("{:?} is not a sha256 digest", pin.digest)))?
+            .to_owned();
+        match resolved.source {
+            Source::Local(artifact) => {
+                if let Some(blobs) = self.blobs.clone() {
+                    let bytes = artifact.bytes.clone();
+                    tokio::task::spawn_blocking(move || blobs.insert(&bytes))
+                        .await
+                        .map_err(|e| store_err(format!("writer task failed: {e}")))?
+                        .map_err(|e| store_err(format!("cannot store a copy: {e}")))?;
+                }
+                Ok(artifact)
+            }
+            Source::Stored => {
+                let blobs = self.blobs.as_ref().ok_or_else(|| ArtifactError::Missing {
+                    repository: pin.repository.clone(),
+                    digest: pin.digest.clone(),
+                })?;
+                match self.load_stored(blobs, &hex).await {
+                    Ok(Some(artifact)) => Ok(artifact),
+                    Ok(None) => Err(ArtifactError::Missing {
+                        repository: pin.repository.clone(),
+                        digest: pin.digest.clone(),
+                    }),
+                    Err(message) => Err(store_err(message)),
+                }
+            }
+            Source::Oci(reference) => {
+                let blobs = self
+                    .blobs
+                    .as_ref()
+                    .ok_or_else(|| ArtifactError::OciUnsupported {
+                        repository: pin.repository.clone(),
+                    })?;
+                if let Some(artifact) = self.load_stored(blobs, &hex).await.map_err(&store_err)? {
+                    return self.check_layer(&reference, artifact);
+                }
+                tracing::info!(reference = %reference.display, layer = %pin.digest, bytes = pin.size, "pulling component");
+                self.oci
+                    .fetch(&reference, &pin.digest, pin.size, blobs)
+                    .await?;
+                match self.load_stored(blobs, &hex).await.map_err(&store_err)? {
+                    Some(artifact) => self.check_layer(&reference, artifact),
+                    None => Err(store_err(format!(
+                        "{} vanished right after it was stored",
+                        pin.digest
+                    ))),
+                }
+            }
+        }
+    }
+
+    async fn load_stored(&self, blobs: &BlobStore, hex: &str) -> Result<Option<Artifact>, String> {
+        let blobs = blobs.clone();
+        let hex = hex.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let bytes = blobs.load(&hex).map_err(|e| e.to_string())?;
+            Ok(bytes.map(|bytes| Artifact {
+                bytes: bytes.into(),
+                digest: format!("sha256:{hex}"),
+                path: blobs.path(&hex),
+                watch: false,
+            }))
+        })
+        .await
+        .map_err(|e| format!("reader task failed: {e}"))?
+    }
+
+    fn check_layer(
+        &self,
+        reference: &ComponentRef,
+        artifact: Artifact,
+    ) -> Result<Artifact, ArtifactError> {
+        match check_component(&artifact.bytes) {
+            Ok(()) => Ok(artifact),
+            Err(what) => Err(OciError {
+                kind: OciErrorKind::MediaType,
+                reference: reference.display.clone(),
+                message: format!(
+                    "layer {} is not a WebAssembly component ({what}); build it for wasm32-wasip2 or wrap a core module with `wasm-tools component new`",
+                    artifact.digest
+                ),
+            }
+            .into()),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -145,5 +442,51 @@ mod tests {
         std::fs::write(base.join("c.wasm"), COMPONENT_HEADER).unwrap();
         let artifact = load_local("c.wasm", base).unwrap();
         assert!(artifact.digest.starts_with("sha256:"));
+        let err = load_local_limited("c.wasm", base, 4).unwrap_err();
+        assert!(err.to_string().contains("limit is 4"), "{err}");
+    }
+
+    fn component(repository: &str) -> ComponentSpec {
+        ComponentSpec {
+            name: "c".into(),
+            repository: repository.into(),
+            revision: Some("1.0.0".into()),
+            install_timeout: None,
+            config: Default::default(),
+            extensions: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn local_components_are_stored_and_restorable() {
+        let dir = tempfile::tempdir().unwrap();
+        let artifacts =
+            Artifacts::open(&dir.path().join("artifacts"), OciSettings::default()).unwrap();
+        std::fs::write(dir.path().join("c.wasm"), COMPONENT_HEADER).unwrap();
+        let resolved = artifacts
+            .resolve(&component("c.wasm"), dir.path(), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            resolved.watched_file(),
+            Some(dir.path().join("c.wasm").as_path())
+        );
+        let pin = resolved.pin.clone();
+        let artifact = artifacts.load(resolved).await.unwrap();
+        assert!(artifact.watch);
+        // The file changes; the pinned bytes are still there for a restore.
+        std::fs::write(dir.path().join("c.wasm"), b"changed").unwrap();
+        let restored = artifacts
+            .load(artifacts.resolve_pinned(&pin).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(&*restored.bytes, &COMPONENT_HEADER);
+        assert!(!restored.watch);
+        // Without a state directory, OCI is refused with a clear message.
+        let err = Artifacts::default()
+            .resolve(&component("oci://r.io/x"), dir.path(), None)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("state directory"), "{err}");
     }
 }

@@ -2,11 +2,14 @@
 //! placement into partitions, artifact loading, the reconcile loop and its status.
 
 pub mod artifact;
+pub mod eligibility;
 pub mod local;
 pub mod model;
+pub mod oci;
 pub mod placement;
 mod reconciler;
 pub mod status;
+pub mod store;
 
 pub use reconciler::{DesiredDeployment, Reconciler};
 pub use status::{DeploymentState, StatusBoard};

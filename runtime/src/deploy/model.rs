@@ -148,23 +148,35 @@ struct RawExtensions {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(rename_all = "kebab-case")]
 struct RawLimits {
     memory: Option<ByteSize>,
     timeout: Option<HumanDuration>,
+    #[serde(flatten)]
+    other: BTreeMap<String, Value>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawHttpTrigger {
     route: String,
     host: Option<String>,
+    #[serde(flatten)]
+    other: BTreeMap<String, Value>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawTimerTrigger {
     every: HumanDuration,
+    #[serde(flatten)]
+    other: BTreeMap<String, Value>,
+}
+
+/// Unknown fields are ignored, never fatal (Margo extensibility rule), but a typo
+/// deserves a line in the log.
+fn warn_unknown(at: &str, other: &BTreeMap<String, Value>) {
+    for key in other.keys() {
+        tracing::warn!(field = %format!("{at}.{key}"), "ignoring unknown field");
+    }
 }
 
 /// Shortest timer period accepted: faster timers are a busy loop in disguise.
@@ -366,15 +378,13 @@ fn parse_component(
 fn parse_extensions(at: &str, value: Value) -> Result<WasmgateExtensions, ModelError> {
     let raw: RawExtensions =
         serde_json::from_value(value).map_err(|e| model_err(at, e.to_string()))?;
-    for key in raw.other.keys() {
-        // Unknown extension fields are ignored, never fatal (Margo extensibility rule).
-        tracing::warn!(field = %format!("{at}.{key}"), "ignoring unknown field");
-    }
+    warn_unknown(at, &raw.other);
     let limits: RawLimits = match raw.limits {
         None => RawLimits::default(),
         Some(value) => serde_json::from_value(value)
             .map_err(|e| model_err(format!("{at}.limits"), e.to_string()))?,
     };
+    warn_unknown(&format!("{at}.limits"), &limits.other);
     let mut ext = WasmgateExtensions {
         memory: limits.memory.map(|b| b.0),
         timeout: limits.timeout.map(|d| d.0),
@@ -394,6 +404,7 @@ fn parse_extensions(at: &str, value: Value) -> Result<WasmgateExtensions, ModelE
             "http" => {
                 let http: RawHttpTrigger =
                     serde_json::from_value(spec).map_err(|e| model_err(&field, e.to_string()))?;
+                warn_unknown(&field, &http.other);
                 if !http.route.starts_with('/') {
                     return Err(model_err(
                         format!("{field}.route"),
@@ -408,6 +419,7 @@ fn parse_extensions(at: &str, value: Value) -> Result<WasmgateExtensions, ModelE
             "timer" => {
                 let timer: RawTimerTrigger =
                     serde_json::from_value(spec).map_err(|e| model_err(&field, e.to_string()))?;
+                warn_unknown(&field, &timer.other);
                 if timer.every.0 < MIN_TIMER_PERIOD {
                     return Err(model_err(
                         format!("{field}.every"),

@@ -28,6 +28,9 @@ pub enum PlacementError {
         device_id: String,
         this_device: String,
     },
+    /// The deployment's `deviceConstraints` rule the target out.
+    #[error("target {target} is not eligible: {reason}")]
+    Ineligible { target: String, reason: String },
 }
 
 impl PlacementError {
@@ -36,6 +39,7 @@ impl PlacementError {
             Self::UnknownChild { .. } => "101",
             Self::NoFit { .. } => "103",
             Self::OtherDevice { .. } => "101",
+            Self::Ineligible { .. } => "wasmgate.ineligible",
         }
     }
 }
@@ -58,6 +62,7 @@ pub fn place(
     partitions: &[Arc<Partition>],
     requirement: Requirement,
     committed: &BTreeMap<String, u64>,
+    eligible: &dyn Fn(&Partition) -> Result<(), String>,
 ) -> Result<Arc<Partition>, PlacementError> {
     let target = device_id.unwrap_or(this_device);
     let rest = if target == this_device {
@@ -74,20 +79,44 @@ pub fn place(
         });
     };
     match rest {
-        None | Some("*") => autonomous(partitions, requirement, committed),
-        Some(child) => partitions
-            .iter()
-            .find(|p| p.id == child)
-            .cloned()
-            .ok_or_else(|| PlacementError::UnknownChild {
-                device_id: target.to_owned(),
-                partition: child.to_owned(),
-                known: partitions
+        None | Some("*") => {
+            let candidates: Vec<Arc<Partition>> = partitions
+                .iter()
+                .filter(|p| eligible(p).is_ok())
+                .cloned()
+                .collect();
+            if candidates.is_empty() && !partitions.is_empty() {
+                let reasons: Vec<String> = partitions
                     .iter()
-                    .map(|p| p.id.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            }),
+                    .filter_map(|p| eligible(p).err().map(|r| format!("{}: {r}", p.id)))
+                    .collect();
+                return Err(PlacementError::NoFit {
+                    needs: "a partition its deviceConstraints accept".into(),
+                    have: reasons.join("; "),
+                });
+            }
+            autonomous(&candidates, requirement, committed)
+        }
+        Some(child) => {
+            let partition = partitions
+                .iter()
+                .find(|p| p.id == child)
+                .cloned()
+                .ok_or_else(|| PlacementError::UnknownChild {
+                    device_id: target.to_owned(),
+                    partition: child.to_owned(),
+                    known: partitions
+                        .iter()
+                        .map(|p| p.id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })?;
+            eligible(&partition).map_err(|reason| PlacementError::Ineligible {
+                target: partition.device_id.clone(),
+                reason,
+            })?;
+            Ok(partition)
+        }
     }
 }
 
@@ -165,28 +194,33 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ps = partitions(dir.path());
         let none = BTreeMap::new();
+        let any = |_: &Partition| Ok(());
         let req = Requirement {
             memory: 64 << 20,
             cores: None,
         };
         assert_eq!(
-            place(Some("edge/b"), "edge", &ps, req, &none).unwrap().id,
-            "b"
-        );
-        assert_eq!(
-            place(Some("edge/*"), "edge", &ps, req, &none).unwrap().id,
-            "a"
-        );
-        assert_eq!(place(None, "edge", &ps, req, &none).unwrap().id, "a");
-        let mut committed = BTreeMap::new();
-        committed.insert("a".to_string(), 200u64 << 20);
-        assert_eq!(
-            place(Some("edge/*"), "edge", &ps, req, &committed)
+            place(Some("edge/b"), "edge", &ps, req, &none, &any)
                 .unwrap()
                 .id,
             "b"
         );
-        let err = place(Some("edge/zzz"), "edge", &ps, req, &none).unwrap_err();
+        assert_eq!(
+            place(Some("edge/*"), "edge", &ps, req, &none, &any)
+                .unwrap()
+                .id,
+            "a"
+        );
+        assert_eq!(place(None, "edge", &ps, req, &none, &any).unwrap().id, "a");
+        let mut committed = BTreeMap::new();
+        committed.insert("a".to_string(), 200u64 << 20);
+        assert_eq!(
+            place(Some("edge/*"), "edge", &ps, req, &committed, &any)
+                .unwrap()
+                .id,
+            "b"
+        );
+        let err = place(Some("edge/zzz"), "edge", &ps, req, &none, &any).unwrap_err();
         assert_eq!(err.code(), "101");
         assert!(err.to_string().contains("a, b"));
         let huge = Requirement {
@@ -194,7 +228,7 @@ mod tests {
             cores: None,
         };
         assert_eq!(
-            place(Some("edge/*"), "edge", &ps, huge, &none)
+            place(Some("edge/*"), "edge", &ps, huge, &none, &any)
                 .unwrap_err()
                 .code(),
             "103"
@@ -204,12 +238,45 @@ mod tests {
             cores: Some(2.0),
         };
         assert_eq!(
-            place(None, "edge", &ps, cores, &none).unwrap_err().code(),
+            place(None, "edge", &ps, cores, &none, &any)
+                .unwrap_err()
+                .code(),
             "103"
         );
         assert!(matches!(
-            place(Some("other/a"), "edge", &ps, req, &none),
+            place(Some("other/a"), "edge", &ps, req, &none, &any),
             Err(PlacementError::OtherDevice { .. })
         ));
+    }
+
+    #[test]
+    fn eligibility_filters_and_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let ps = partitions(dir.path());
+        let none = BTreeMap::new();
+        let req = Requirement::default();
+        let only_b = |p: &Partition| {
+            if p.id == "b" {
+                Ok(())
+            } else {
+                Err("tier label does not match".to_string())
+            }
+        };
+        assert_eq!(
+            place(Some("edge/*"), "edge", &ps, req, &none, &only_b)
+                .unwrap()
+                .id,
+            "b"
+        );
+        let err = place(Some("edge/a"), "edge", &ps, req, &none, &only_b).unwrap_err();
+        assert_eq!(err.code(), "wasmgate.ineligible");
+        assert!(err.to_string().contains("tier label"), "{err}");
+        let nothing = |_: &Partition| Err("no".to_string());
+        assert_eq!(
+            place(None, "edge", &ps, req, &none, &nothing)
+                .unwrap_err()
+                .code(),
+            "103"
+        );
     }
 }

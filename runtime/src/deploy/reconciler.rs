@@ -3,10 +3,11 @@
 //! deployment that fails to apply never disturbs the others, and an update that fails
 //! leaves the previous version serving.
 
-use super::artifact::{load_local, Artifact};
+use super::artifact::{Artifact, ArtifactError, Artifacts, Resolved};
 use super::model::{ComponentSpec, Deployment};
 use super::placement::{place, PlacementError, Requirement};
 use super::status::{ComponentStatus, DeploymentState, DeploymentStatus, StatusBoard, StatusError};
+use super::store::{collect_garbage, document_digest, AppliedRecord, AppliedStore, GcPolicy, Pin};
 use crate::engine::{AotCache, WasmEngine};
 use crate::ingress::{Route, RouteTable, SharedRoutes};
 use crate::sandbox::Partition;
@@ -16,7 +17,7 @@ use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use wasmtime::component::Linker;
 
 /// One desired deployment document and where it came from.
@@ -79,7 +80,20 @@ struct Applied {
     workloads: Vec<(ComponentSpec, Arc<Workload>)>,
     _timers: Vec<TimerHandle>,
     files: Vec<PathBuf>,
+    /// What each component resolved to, and the digest of the document applied.
+    pins: Vec<Pin>,
+    yaml_digest: String,
 }
+
+/// Back-off for a deployment whose artifacts could not be fetched.
+struct Retry {
+    yaml_digest: String,
+    attempts: u32,
+    next_at: Instant,
+}
+
+const RETRY_FIRST: Duration = Duration::from_secs(2);
+const RETRY_MAX: Duration = Duration::from_secs(120);
 
 /// A deployment built and ready to take traffic.
 struct Prepared {
@@ -98,6 +112,22 @@ pub struct Reconciler {
     routes: SharedRoutes,
     status: Arc<StatusBoard>,
     applied: BTreeMap<String, Applied>,
+    /// Component files that failed to load in the last pass: when one appears or
+    /// changes, the folder watch re-applies.
+    waiting_for: Vec<PathBuf>,
+    /// Artifact resolution, the blob store and the registry client.
+    artifacts: Arc<Artifacts>,
+    /// Applied deployments on disk (`state-dir/deployments`); `None` keeps nothing.
+    records: Option<AppliedStore>,
+    /// The records as last written (or read at start-up).
+    persisted: BTreeMap<String, AppliedRecord>,
+    restored: bool,
+    gc: GcPolicy,
+    next_gc: Option<Instant>,
+    /// Per source: deployments waiting to retry a failed pull.
+    retries: BTreeMap<String, Retry>,
+    /// Capabilities document per partition id, for `deviceConstraints`.
+    capabilities: BTreeMap<String, serde_json::Value>,
 }
 
 impl Reconciler {
@@ -119,7 +149,65 @@ impl Reconciler {
             routes,
             status,
             applied: BTreeMap::new(),
+            waiting_for: Vec::new(),
+            artifacts: Arc::new(Artifacts::default()),
+            records: None,
+            persisted: BTreeMap::new(),
+            restored: false,
+            gc: GcPolicy::default(),
+            next_gc: None,
+            retries: BTreeMap::new(),
+            capabilities: BTreeMap::new(),
         })
+    }
+
+    /// The capabilities each partition advertises; deployments' `deviceConstraints`
+    /// (capacity and eligibility rules) are checked against them before deploying.
+    pub fn set_capabilities(&mut self, capabilities: BTreeMap<String, serde_json::Value>) {
+        self.capabilities = capabilities;
+    }
+
+    /// Keeps state under `state_dir`: the artifact store (`artifacts/`), the applied
+    /// deployments (`deployments/`), with garbage collection of the artifact store and
+    /// the AOT cache, and registry access as `config` says.
+    pub fn with_state(
+        mut self,
+        state_dir: &std::path::Path,
+        config: &crate::config::Config,
+    ) -> std::io::Result<Self> {
+        let settings = super::oci::OciSettings {
+            max_size: config.artifacts.max_component_size(),
+            timeout: config.artifacts.pull_timeout(),
+            registries: config.registries.clone(),
+            auth_file: config.artifacts.registry_auth_file.clone(),
+        };
+        self.artifacts = Arc::new(Artifacts::open(&state_dir.join("artifacts"), settings)?);
+        self.records = Some(AppliedStore::open(state_dir.join("deployments"))?);
+        self.gc = GcPolicy {
+            quota: config.artifacts.cache_quota(),
+            grace: config.artifacts.gc_grace(),
+        };
+        Ok(self)
+    }
+
+    /// The artifact resolver (blob store, registry client and its counters).
+    pub fn artifacts(&self) -> &Arc<Artifacts> {
+        &self.artifacts
+    }
+
+    /// When the reconciler wants another pass over the same desired state: to retry
+    /// pulls that failed, or to collect garbage once a grace period ended.
+    pub fn next_pass_due(&self) -> Option<Instant> {
+        self.retries
+            .values()
+            .map(|r| r.next_at)
+            .chain(self.next_gc)
+            .min()
+    }
+
+    /// Whether [`Reconciler::next_pass_due`] has come.
+    pub fn pass_due(&self) -> bool {
+        self.next_pass_due().is_some_and(|t| t <= Instant::now())
     }
 
     pub fn status(&self) -> &Arc<StatusBoard> {
@@ -132,6 +220,7 @@ impl Reconciler {
         self.applied
             .values()
             .flat_map(|a| a.files.iter().cloned())
+            .chain(self.waiting_for.iter().cloned())
             .collect()
     }
 
@@ -155,20 +244,40 @@ impl Reconciler {
     /// Makes the running set equal to `desired`.
     pub async fn apply(&mut self, desired: Vec<DesiredDeployment>) {
         self.status.set_reconciled(false);
+        if !self.restored {
+            self.restored = true;
+            self.restore(&desired).await;
+        }
         let mut wanted: BTreeMap<String, (DesiredDeployment, Deployment)> = BTreeMap::new();
         let mut sources = BTreeSet::new();
+        let mut kept = BTreeSet::new();
+        self.waiting_for.clear();
         let mut desired = desired;
         desired.sort_by(|a, b| a.source.cmp(&b.source));
         for item in desired {
             sources.insert(item.source.clone());
             match Deployment::from_yaml(&item.yaml) {
                 Err(err) => {
-                    self.report_invalid(
-                        &item.source,
-                        None,
-                        None,
-                        Failure::new("wasmgate.invalid", err.to_string()),
-                    );
+                    // A broken edit of a running deployment's file must not take it
+                    // down: keep what was applied from that file.
+                    let running = self.applied.iter().find(|(_, a)| a.source == item.source);
+                    let mut failure = Failure::new("wasmgate.invalid", err.to_string());
+                    if let Some((id, applied)) = running {
+                        kept.insert(id.clone());
+                        failure
+                            .message
+                            .push_str(" (the previous version keeps serving)");
+                        let deployment = applied.deployment.clone();
+                        let partition = applied.partition.device_id.clone();
+                        self.report_invalid(
+                            &item.source,
+                            Some(&deployment),
+                            Some(&partition),
+                            failure,
+                        );
+                    } else {
+                        self.report_invalid(&item.source, None, None, failure);
+                    }
                 }
                 Ok(deployment) => {
                     if let Some((first, _)) = wanted.get(&deployment.id) {
@@ -190,7 +299,7 @@ impl Reconciler {
         let gone: Vec<String> = self
             .applied
             .keys()
-            .filter(|id| !wanted.contains_key(*id))
+            .filter(|id| !wanted.contains_key(*id) && !kept.contains(*id))
             .cloned()
             .collect();
         for id in gone {
@@ -208,7 +317,155 @@ impl Reconciler {
             self.apply_one(item, deployment).await;
         }
         self.publish_routes();
+        self.retries.retain(|source, _| sources.contains(source));
+        self.sync_records();
+        self.collect_garbage().await;
         self.status.set_reconciled(true);
+    }
+
+    /// At the first pass after a start: a deployment whose document changed while the
+    /// host was down is first brought back exactly as it was last applied (from the
+    /// stored record and artifacts, without asking a registry), so that a new version
+    /// that fails leaves the old one serving, as it would without the restart. Records
+    /// whose document is unchanged need nothing: their pins make the normal pass skip
+    /// the registry lookup.
+    async fn restore(&mut self, desired: &[DesiredDeployment]) {
+        let Some(records) = &self.records else {
+            return;
+        };
+        for record in records.load_all() {
+            self.persisted.insert(record.id.clone(), record);
+        }
+        let mut stale = Vec::new();
+        for record in self.persisted.values() {
+            let Some(item) = desired.iter().find(|d| d.source == record.source) else {
+                continue;
+            };
+            if document_digest(&item.yaml) == record.yaml_digest {
+                continue;
+            }
+            // The same deployment, or a file that no longer parses (its previous
+            // version keeps serving); not a file that now holds another deployment.
+            if Deployment::from_yaml(&item.yaml).is_ok_and(|d| d.id != record.id) {
+                continue;
+            }
+            stale.push(record.clone());
+        }
+        for record in stale {
+            let Ok(deployment) = Deployment::from_yaml(record.yaml.as_bytes()) else {
+                continue;
+            };
+            tracing::info!(deployment = %deployment.name, source = %record.source,
+                "restoring the last applied version before applying its changed document");
+            let item = DesiredDeployment {
+                source: record.source.clone(),
+                base_dir: record.base_dir.clone(),
+                yaml: record.yaml.clone().into_bytes(),
+            };
+            self.apply_document(item, deployment, true).await;
+        }
+    }
+
+    /// Writes the record of an installed deployment (its document and pins).
+    fn save_record(&mut self, item: &DesiredDeployment, id: &str) {
+        let (Some(records), Some(applied)) = (&self.records, self.applied.get(id)) else {
+            return;
+        };
+        let Ok(yaml) = String::from_utf8(item.yaml.clone()) else {
+            return;
+        };
+        let record = AppliedRecord {
+            id: id.to_owned(),
+            source: item.source.clone(),
+            base_dir: item.base_dir.clone(),
+            yaml,
+            yaml_digest: applied.yaml_digest.clone(),
+            pins: applied.pins.clone(),
+            applied_at: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+        };
+        match records.save(&record) {
+            Ok(()) => {
+                self.persisted.insert(id.to_owned(), record);
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot record the applied deployment; a restart re-applies it from its document")
+            }
+        }
+    }
+
+    /// Drops records of deployments that no longer run.
+    fn sync_records(&mut self) {
+        let Some(records) = &self.records else {
+            return;
+        };
+        let gone: Vec<String> = self
+            .persisted
+            .keys()
+            .filter(|id| !self.applied.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            match records.remove(&id) {
+                Ok(()) => {
+                    self.persisted.remove(&id);
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot remove an applied-deployment record")
+                }
+            }
+        }
+    }
+
+    fn schedule_retry(&mut self, source: &str, yaml_digest: &str) {
+        let attempts = self
+            .retries
+            .get(source)
+            .filter(|r| r.yaml_digest == yaml_digest)
+            .map_or(0, |r| r.attempts)
+            + 1;
+        let delay = RETRY_FIRST
+            .saturating_mul(1 << (attempts - 1).min(16))
+            .min(RETRY_MAX);
+        tracing::info!(source, attempts, retry_in = ?delay, "will retry the pull");
+        self.retries.insert(
+            source.to_owned(),
+            Retry {
+                yaml_digest: yaml_digest.to_owned(),
+                attempts,
+                next_at: Instant::now() + delay,
+            },
+        );
+    }
+
+    /// Removes artifacts and compiled code that no applied deployment references,
+    /// once unused for the grace period (sooner when over the quota).
+    async fn collect_garbage(&mut self) {
+        let Some(blobs) = self.artifacts.blobs().cloned() else {
+            return;
+        };
+        let referenced: BTreeSet<String> = self
+            .applied
+            .values()
+            .flat_map(|a| a.pins.iter())
+            .chain(self.persisted.values().flat_map(|r| r.pins.iter()))
+            .filter_map(|p| super::store::sha256_hex(&p.digest).map(str::to_owned))
+            .collect();
+        let (aot, policy) = (self.aot.clone(), self.gc);
+        let report = tokio::task::spawn_blocking(move || {
+            collect_garbage(&blobs, &aot, &referenced, policy, SystemTime::now())
+        })
+        .await;
+        self.next_gc = match report {
+            Ok(report) if report.kept_unreferenced > 0 => {
+                let every =
+                    (self.gc.grace / 4).clamp(Duration::from_secs(1), Duration::from_secs(300));
+                Some(Instant::now() + every)
+            }
+            _ => None,
+        };
     }
 
     fn report_invalid(
@@ -226,7 +483,9 @@ impl Reconciler {
                 name: deployment.map(|d| d.name.clone()),
                 source: source.to_owned(),
                 state: DeploymentState::Failed,
-                device_id: partition.map(str::to_owned),
+                device_id: partition
+                    .map(str::to_owned)
+                    .or_else(|| deployment.and_then(directed_target)),
                 components: deployment
                     .map(|d| {
                         d.components
@@ -255,46 +514,158 @@ impl Reconciler {
     fn remove(&mut self, id: &str) {
         if let Some(applied) = self.applied.remove(id) {
             tracing::info!(deployment = %applied.deployment.name, "removing deployment");
+            let partition = applied.partition.device_id.clone();
+            let (source, deployment) = (applied.source.clone(), applied.deployment.clone());
+            self.set_state_at(
+                &source,
+                &deployment,
+                DeploymentState::Removing,
+                Some(&partition),
+            );
             // Dropping `applied` stops its timers; in-flight requests keep their own
             // reference to the workload and finish.
+            drop(applied);
             self.publish_routes();
-            self.status.remove(&applied.source);
+            self.set_state_at(
+                &source,
+                &deployment,
+                DeploymentState::Removed,
+                Some(&partition),
+            );
+            self.status.remove(&source);
+            if let Some(records) = &self.records {
+                match records.remove(id) {
+                    Ok(()) => {
+                        self.persisted.remove(id);
+                    }
+                    Err(err) => {
+                        tracing::error!(error = %err, "cannot remove an applied-deployment record")
+                    }
+                }
+            }
         }
     }
 
     async fn apply_one(&mut self, item: DesiredDeployment, deployment: Deployment) {
-        let artifacts: Result<Vec<Artifact>, Failure> = deployment
-            .components
-            .iter()
-            .map(|c| {
-                load_local(&c.repository, &item.base_dir).map_err(|e| {
-                    Failure::new("wasmgate.artifact", e.to_string()).in_component(&c.name)
-                })
-            })
-            .collect();
-        let artifacts = match artifacts {
-            Ok(a) => a,
-            Err(failure) => return self.fail(&item, &deployment, failure),
+        self.apply_document(item, deployment, false).await
+    }
+
+    /// Resolves every component of `deployment` to a digest. With `restore`, exactly
+    /// the pins of its applied record (bytes from the blob store, or the registry by
+    /// digest); otherwise local files are read and OCI tags looked up, except that an
+    /// OCI component of a document applied before reuses that application's pins.
+    async fn resolve_components(
+        &self,
+        item: &DesiredDeployment,
+        deployment: &Deployment,
+        yaml_digest: &str,
+        restore: bool,
+    ) -> Result<Vec<Resolved>, (Failure, bool)> {
+        let failure = |c: &ComponentSpec, e: ArtifactError| {
+            let retry = e.retryable();
+            (
+                Failure::new(e.code(), e.to_string()).in_component(&c.name),
+                retry,
+            )
+        };
+        let pins: Option<&[Pin]> = self
+            .applied
+            .get(&deployment.id)
+            .filter(|a| a.yaml_digest == yaml_digest)
+            .map(|a| a.pins.as_slice())
+            .or_else(|| {
+                self.persisted
+                    .get(&deployment.id)
+                    .filter(|r| r.yaml_digest == yaml_digest)
+                    .map(|r| r.pins.as_slice())
+            });
+        let mut resolved = Vec::new();
+        for c in &deployment.components {
+            let pin = pins.and_then(|p| p.iter().find(|p| p.component == c.name));
+            let result = match (restore, pin) {
+                (true, Some(pin)) => self.artifacts.resolve_pinned(pin),
+                _ => self.artifacts.resolve(c, &item.base_dir, pin).await,
+            };
+            resolved.push(result.map_err(|e| failure(c, e))?);
+        }
+        Ok(resolved)
+    }
+
+    /// Applies one document: resolve, skip when nothing changed, load, build, switch.
+    async fn apply_document(
+        &mut self,
+        item: DesiredDeployment,
+        deployment: Deployment,
+        restore: bool,
+    ) {
+        let yaml_digest = document_digest(&item.yaml);
+        if let Some(retry) = self.retries.get(&item.source) {
+            if retry.yaml_digest == yaml_digest && retry.next_at > Instant::now() && !restore {
+                // Backing off after a failed pull; its failed status stands.
+                return;
+            }
+        }
+        let resolved = match self
+            .resolve_components(&item, &deployment, &yaml_digest, restore)
+            .await
+        {
+            Ok(resolved) => resolved,
+            Err((failure, retry)) => {
+                self.waiting_for
+                    .extend(deployment.components.iter().filter_map(|c| {
+                        super::artifact::local_path(&c.repository, &item.base_dir).ok()
+                    }));
+                if retry {
+                    self.schedule_retry(&item.source, &yaml_digest);
+                }
+                return self.fail(&item, &deployment, failure);
+            }
         };
         let fingerprint = {
             let mut h = Sha256::new();
             h.update(&item.yaml);
-            for a in &artifacts {
-                h.update(a.digest.as_bytes());
+            for r in &resolved {
+                h.update(r.pin.digest.as_bytes());
             }
             hex::encode(h.finalize())
         };
         if let Some(current) = self.applied.get_mut(&deployment.id) {
             if current.fingerprint == fingerprint {
+                self.retries.remove(&item.source);
                 if current.source != item.source {
                     self.status.remove(&current.source);
                     current.source = item.source.clone();
+                    self.set_installed(&deployment.id);
+                } else if self
+                    .status
+                    .snapshot()
+                    .deployments
+                    .iter()
+                    .any(|d| d.source == item.source && d.state != DeploymentState::Installed)
+                {
+                    // Back to what runs after a failed update: report it installed again.
                     self.set_installed(&deployment.id);
                 }
                 return;
             }
         }
+        self.set_state(&item, &deployment, DeploymentState::Pending, None);
         self.set_state(&item, &deployment, DeploymentState::Installing, None);
+        let pins: Vec<Pin> = resolved.iter().map(|r| r.pin.clone()).collect();
+        let mut artifacts: Vec<Artifact> = Vec::new();
+        for (c, r) in deployment.components.iter().zip(resolved) {
+            match self.artifacts.load(r).await {
+                Ok(artifact) => artifacts.push(artifact),
+                Err(e) => {
+                    if e.retryable() {
+                        self.schedule_retry(&item.source, &yaml_digest);
+                    }
+                    let failure = Failure::new(e.code(), e.to_string()).in_component(&c.name);
+                    return self.fail(&item, &deployment, failure);
+                }
+            }
+        }
+        self.retries.remove(&item.source);
         match self.prepare(&deployment, artifacts).await {
             Err(failure) => self.fail(&item, &deployment, failure),
             Ok(prepared) => {
@@ -319,6 +690,8 @@ impl Reconciler {
                         workloads: prepared.workloads,
                         _timers: timers,
                         files: prepared.files,
+                        pins,
+                        yaml_digest,
                     },
                 );
                 if let Some(previous) = previous {
@@ -328,6 +701,7 @@ impl Reconciler {
                 }
                 // Switch traffic now: the new revision is compiled and pre-instantiated.
                 self.publish_routes();
+                self.save_record(&item, &deployment.id);
                 self.set_installed(&deployment.id);
                 tracing::info!(deployment = %deployment.name, "deployment installed");
             }
@@ -359,14 +733,26 @@ impl Reconciler {
         state: DeploymentState,
         partition: Option<&str>,
     ) {
+        self.set_state_at(&item.source, deployment, state, partition)
+    }
+
+    fn set_state_at(
+        &self,
+        source: &str,
+        deployment: &Deployment,
+        state: DeploymentState,
+        partition: Option<&str>,
+    ) {
         self.status.set(
-            &item.source,
+            source,
             DeploymentStatus {
                 deployment_id: Some(deployment.id.clone()),
                 name: Some(deployment.name.clone()),
-                source: item.source.clone(),
+                source: source.to_owned(),
                 state,
-                device_id: partition.map(str::to_owned),
+                device_id: partition
+                    .map(str::to_owned)
+                    .or_else(|| directed_target(deployment)),
                 error: None,
                 components: deployment
                     .components
@@ -453,12 +839,18 @@ impl Reconciler {
                 *committed.entry(applied.partition.id.clone()).or_default() += applied.memory;
             }
         }
+        let eligible = |p: &Partition| match self.capabilities.get(&p.id) {
+            Some(doc) => super::eligibility::check(deployment.device_constraints.as_ref(), doc)
+                .map_err(|e| e.0),
+            None => Ok(()),
+        };
         let partition = place(
             deployment.device_id.as_deref(),
             &self.device_id,
             &self.partitions,
             requirement,
             &committed,
+            &eligible,
         )?;
 
         // Routes held by the other deployments; this one's own old routes are free.
@@ -569,7 +961,9 @@ impl Reconciler {
             };
             let workload = Workload::new(spec, &self.linker, &compiled, needs)
                 .map_err(|e| fail("wasmgate.component", e.to_string()))?;
-            files.push(artifact.path.clone());
+            if artifact.watch {
+                files.push(artifact.path.clone());
+            }
             workloads.push((component.clone(), Arc::new(workload)));
         }
         Ok(Prepared {
@@ -594,7 +988,13 @@ impl Reconciler {
                 })
             })
             .collect();
-        self.routes.store(Arc::new(RouteTable::new(routes)));
+        let workloads = self
+            .applied
+            .values()
+            .flat_map(|a| a.workloads.iter().map(|(_, w)| w.clone()))
+            .collect();
+        self.routes
+            .store(Arc::new(RouteTable::new(routes, workloads)));
     }
 }
 
@@ -626,4 +1026,13 @@ fn start_timer(workload: Arc<Workload>, every: Duration) -> TimerHandle {
         }
     });
     TimerHandle { stop }
+}
+
+/// The device a deployment names when it names one (`DEVICE/PARTITION`), so status
+/// reports made before placement still say which target they are about.
+fn directed_target(deployment: &Deployment) -> Option<String> {
+    deployment
+        .device_id
+        .clone()
+        .filter(|d| !d.ends_with("/*") && d.contains('/'))
 }

@@ -52,6 +52,8 @@ pub struct ComponentStatus {
 #[derive(Debug, Default)]
 pub struct StatusBoard {
     inner: RwLock<Board>,
+    /// Receivers of every change (the WFM client turns them into status reports).
+    subscribers: std::sync::Mutex<Vec<tokio::sync::mpsc::UnboundedSender<DeploymentStatus>>>,
 }
 
 #[derive(Debug, Default)]
@@ -70,8 +72,22 @@ pub struct StatusSnapshot {
 
 impl StatusBoard {
     pub fn set(&self, key: &str, status: DeploymentStatus) {
+        {
+            let mut subscribers = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+            subscribers.retain(|s| s.send(status.clone()).is_ok());
+        }
         let mut board = self.inner.write().unwrap_or_else(|e| e.into_inner());
         board.entries.insert(key.to_owned(), status);
+    }
+
+    /// Every later [`set`](Self::set), in order.
+    pub fn subscribe(&self) -> tokio::sync::mpsc::UnboundedReceiver<DeploymentStatus> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(tx);
+        rx
     }
 
     pub fn remove(&self, key: &str) {

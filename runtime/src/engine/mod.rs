@@ -3,7 +3,7 @@
 
 mod aot;
 
-pub use aot::{AotCache, AotError};
+pub use aot::{AotCache, AotEntry, AotError, AotOutcome};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

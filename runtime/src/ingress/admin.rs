@@ -4,7 +4,7 @@
 use super::{serve_with, SharedRoutes};
 use crate::deploy::StatusBoard;
 use crate::sandbox::Partition;
-use crate::workload::{error_response, ResponseBody};
+use crate::workload::{error_response, ResponseBody, WorkloadStats};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use std::convert::Infallible;
@@ -12,6 +12,9 @@ use std::fmt::Write;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::net::TcpListener;
+
+/// A metric: name, Prometheus type, and how to read it from a `T`.
+type Metric<T, V> = (&'static str, &'static str, fn(&T) -> V);
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -80,44 +83,49 @@ impl AdminState {
     }
 
     fn metrics(&self) -> hyper::Response<ResponseBody> {
+        // The text format wants each metric's samples together, after its TYPE line.
+        let table = self.routes.load();
         let mut out = String::new();
-        out.push_str("# TYPE wasmgate_invocations_total counter\n# TYPE wasmgate_invocation_failures_total counter\n");
-        for route in self.routes.load().routes() {
-            let spec = &route.workload.spec;
-            let labels = format!(
-                "deployment=\"{}\",component=\"{}\",partition=\"{}\"",
-                spec.deployment_name, spec.component, spec.partition.device_id
-            );
-            let stats = &route.workload.stats;
-            let _ = writeln!(
-                out,
-                "wasmgate_invocations_total{{{labels}}} {}",
-                stats.invocations.load(Ordering::Relaxed)
-            );
-            let _ = writeln!(
-                out,
-                "wasmgate_invocation_failures_total{{{labels}}} {}",
-                stats.failures.load(Ordering::Relaxed)
-            );
+        let workload_metrics: [Metric<WorkloadStats, u64>; 2] = [
+            ("wasmgate_invocations_total", "counter", |s| {
+                s.invocations.load(Ordering::Relaxed)
+            }),
+            ("wasmgate_invocation_failures_total", "counter", |s| {
+                s.failures.load(Ordering::Relaxed)
+            }),
+        ];
+        for (name, kind, read) in workload_metrics {
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for workload in table.workloads() {
+                let spec = &workload.spec;
+                let _ = writeln!(
+                    out,
+                    "{name}{{deployment=\"{}\",component=\"{}\",partition=\"{}\"}} {}",
+                    spec.deployment_name,
+                    spec.component,
+                    spec.partition.device_id,
+                    read(&workload.stats)
+                );
+            }
         }
-        out.push_str("# TYPE wasmgate_partition_memory_bytes gauge\n# TYPE wasmgate_partition_cpu_throttled_seconds_total counter\n# TYPE wasmgate_partition_active_instances gauge\n");
-        for p in &self.partitions {
-            let l = format!("partition=\"{}\"", p.device_id);
-            let _ = writeln!(
-                out,
-                "wasmgate_partition_memory_bytes{{{l}}} {}",
-                p.memory.used()
-            );
-            let _ = writeln!(
-                out,
-                "wasmgate_partition_cpu_throttled_seconds_total{{{l}}} {}",
-                p.cpu.throttled().as_secs_f64()
-            );
-            let _ = writeln!(
-                out,
-                "wasmgate_partition_active_instances{{{l}}} {}",
-                p.active_instances()
-            );
+        let partition_metrics: [Metric<Partition, f64>; 3] = [
+            ("wasmgate_partition_memory_bytes", "gauge", |p| {
+                p.memory.used() as f64
+            }),
+            (
+                "wasmgate_partition_cpu_throttled_seconds_total",
+                "counter",
+                |p| p.cpu.throttled().as_secs_f64(),
+            ),
+            ("wasmgate_partition_active_instances", "gauge", |p| {
+                f64::from(p.active_instances())
+            }),
+        ];
+        for (name, kind, read) in partition_metrics {
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for p in &self.partitions {
+                let _ = writeln!(out, "{name}{{partition=\"{}\"}} {}", p.device_id, read(p));
+            }
         }
         respond(200, "text/plain; version=0.0.4", out)
     }

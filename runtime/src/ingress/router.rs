@@ -18,6 +18,8 @@ pub struct Route {
 pub struct RouteTable {
     /// Host-specific routes first, then longer prefixes first.
     routes: Vec<Route>,
+    /// Every running workload, routed or not (timer-only ones too), for metrics.
+    workloads: Vec<Arc<Workload>>,
 }
 
 /// Normalises a route prefix: leading `/`, no trailing `/` (except the root).
@@ -37,18 +39,22 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 }
 
 impl RouteTable {
-    pub fn new(mut routes: Vec<Route>) -> Self {
+    pub fn new(mut routes: Vec<Route>, workloads: Vec<Arc<Workload>>) -> Self {
         routes.sort_by(|a, b| {
             b.host
                 .is_some()
                 .cmp(&a.host.is_some())
                 .then(b.prefix.len().cmp(&a.prefix.len()))
         });
-        Self { routes }
+        Self { routes, workloads }
     }
 
     pub fn routes(&self) -> &[Route] {
         &self.routes
+    }
+
+    pub fn workloads(&self) -> &[Arc<Workload>] {
+        &self.workloads
     }
 
     pub fn lookup(&self, host: Option<&str>, path: &str) -> Option<&Arc<Workload>> {

@@ -35,7 +35,7 @@ pub enum SandboxError {
 /// Why a request or event could not get an instance slot.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AdmissionError {
-    #[error("partition {partition} is at its concurrency limit of {limit} instances; retry later")]
+    #[error("partition {partition} is at its concurrency limit ({limit} running instances); retry later")]
     Busy { partition: String, limit: u32 },
 }
 
@@ -50,6 +50,9 @@ pub struct Partition {
     slots: Arc<Semaphore>,
     pub kv: Arc<KvStore>,
     files_dir: PathBuf,
+    /// Last measured storage use and when, so requests do not walk the data
+    /// directory every time.
+    storage_sample: std::sync::Mutex<Option<(std::time::Instant, u64)>>,
 }
 
 impl std::fmt::Debug for Partition {
@@ -89,6 +92,7 @@ impl Partition {
             slots: Arc::new(Semaphore::new(config.concurrency() as usize)),
             kv,
             files_dir,
+            storage_sample: std::sync::Mutex::new(None),
         }))
     }
 
@@ -126,6 +130,27 @@ impl Partition {
     /// Bytes stored by the partition: key-value data plus files.
     pub fn storage_used(&self) -> u64 {
         self.kv.used_bytes().unwrap_or(0) + dir_size(&self.files_dir)
+    }
+
+    /// Whether the partition's data is at or over its storage quota, measured at most
+    /// once per second. Key-value writes are refused exactly at the quota; files,
+    /// which guests write through WASI directly, are checked here before each
+    /// instance starts, and an instance of a full partition gets `/data` read-only.
+    pub fn storage_full(&self) -> bool {
+        let mut sample = self
+            .storage_sample
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        let used = match *sample {
+            Some((at, used)) if now.duration_since(at) < Duration::from_secs(1) => used,
+            _ => {
+                let used = self.storage_used();
+                *sample = Some((now, used));
+                used
+            }
+        };
+        used >= self.config.storage.0
     }
 }
 

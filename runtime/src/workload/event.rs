@@ -1,7 +1,8 @@
 //! Event triggers: calls into `margo:edge/event-handler.handle` in a fresh instance.
 
-use super::{InvocationError, Workload};
-use wasmtime::component::{Component, ComponentExportIndex, ComponentType, Lower};
+use super::{InstanceState, InvocationError, Workload};
+use wasmtime::component::{Component, ComponentExportIndex, ComponentType, Instance, Lower};
+use wasmtime::Store;
 
 const INTERFACE: &str = "margo:edge/event-handler@0.1.0";
 
@@ -42,7 +43,36 @@ impl EventExport {
     }
 }
 
+/// Calls `handle` of an instantiated component: the warm part of an event invocation.
+async fn call_handler(
+    store: &mut Store<InstanceState>,
+    instance: &Instance,
+    export: &EventExport,
+    trigger: Trigger,
+) -> wasmtime::Result<Result<(), String>> {
+    let func = instance
+        .get_typed_func::<(Trigger,), (Result<(), String>,)>(&mut *store, &export.handle)?;
+    let (outcome,) = func.call_async(&mut *store, (trigger,)).await?;
+    Ok(outcome)
+}
+
 impl Workload {
+    /// Delivers `tick` to an already instantiated component (from [`Self::new_store`] and
+    /// [`Self::instance_pre`]) exactly as [`Self::invoke_tick`] does after instantiating;
+    /// the warm-dispatch benchmark times this.
+    pub async fn call_tick(
+        &self,
+        store: &mut Store<InstanceState>,
+        instance: &Instance,
+        tick: Tick,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let export = self
+            .event
+            .as_ref()
+            .ok_or_else(|| wasmtime::format_err!("the component has no event handler"))?;
+        call_handler(store, instance, export, Trigger::Timer(tick)).await
+    }
+
     /// Runs one timer tick in a fresh instance.
     pub async fn invoke_tick(&self, tick: Tick) -> Result<(), InvocationError> {
         let result = self.invoke_event(Trigger::Timer(tick)).await;
@@ -67,10 +97,7 @@ impl Workload {
         let mut store = self.new_store()?;
         let call = async {
             let instance = self.pre.instantiate_async(&mut store).await?;
-            let func = instance
-                .get_typed_func::<(Trigger,), (Result<(), String>,)>(&mut store, &export.handle)?;
-            let (outcome,) = func.call_async(&mut store, (trigger,)).await?;
-            wasmtime::Result::Ok(outcome)
+            call_handler(&mut store, &instance, export, trigger).await
         };
         // Epoch interruption only fires while wasm runs; this bounds host calls too.
         let outcome =

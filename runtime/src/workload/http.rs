@@ -3,8 +3,7 @@
 use super::{InvocationError, Workload};
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::WasiHttpView;
 
@@ -35,13 +34,24 @@ fn invocation_response(err: &InvocationError) -> hyper::Response<ResponseBody> {
 impl Workload {
     /// Serves `request` in a fresh instance. Never fails: every problem becomes an HTTP
     /// error response naming the deployment and what went wrong.
-    pub async fn handle_http(
+    ///
+    /// The ingress passes hyper's `Incoming`; any body works (benchmarks pass an in-memory
+    /// one to time exactly this path without a socket).
+    pub async fn handle_http<B>(
         self: std::sync::Arc<Self>,
-        request: hyper::Request<Incoming>,
+        request: hyper::Request<B>,
         max_body: u64,
-    ) -> hyper::Response<ResponseBody> {
+    ) -> hyper::Response<ResponseBody>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let Some(proxy) = self.http.clone() else {
-            return error_response(500, "route has no HTTP handler", false);
+            return error_response(
+                500,
+                &format!("{} has no HTTP handler", self.spec.label()),
+                false,
+            );
         };
         let permit = match self.spec.partition.admit().await {
             Ok(permit) => permit,
@@ -63,9 +73,12 @@ impl Workload {
         };
         let request = request.map(|body| {
             Limited::new(body, max_body as usize).map_err(move |err| {
+                if err.is::<LengthLimitError>() {
+                    return wasmtime_wasi_http::Error::HttpRequestBodySize(Some(max_body));
+                }
                 match err.downcast::<hyper::Error>() {
                     Ok(err) => wasmtime_wasi_http::Error::Hyper(*err),
-                    Err(_) => wasmtime_wasi_http::Error::HttpRequestBodySize(Some(max_body)),
+                    Err(err) => wasmtime_wasi_http::Error::InternalError(Some(err.to_string())),
                 }
             })
         });
@@ -83,7 +96,10 @@ impl Workload {
             Err(err) => {
                 return error_response(
                     400,
-                    &format!("cannot pass the request to the guest: {err:#}"),
+                    &format!(
+                        "{}: cannot pass the request to the guest: {err:#}",
+                        self.spec.label()
+                    ),
                     false,
                 )
             }

@@ -199,8 +199,14 @@ impl Workload {
         self.pre.engine()
     }
 
-    /// A fresh store with this workload's limits; the deadline starts now.
-    fn new_store(&self) -> Result<Store<InstanceState>, InvocationError> {
+    /// The linked, pre-instantiated component every request or event instantiates.
+    pub fn instance_pre(&self) -> &InstancePre<InstanceState> {
+        &self.pre
+    }
+
+    /// A fresh store with this workload's limits; the deadline starts now. Public so the
+    /// benchmarks time the very store every request gets.
+    pub fn new_store(&self) -> Result<Store<InstanceState>, InvocationError> {
         let spec = &self.spec;
         let mut wasi = WasiCtxBuilder::new();
         if spec.data_dir {
@@ -208,7 +214,12 @@ impl Workload {
                 .partition
                 .data_dir(&spec.deployment_id)
                 .map_err(|e| self.failed(format!("cannot create its data directory: {e}")))?;
-            wasi.preopened_dir(&dir, "/data", FsPerms::ReadWrite)
+            let perms = if spec.partition.storage_full() {
+                FsPerms::ReadOnly
+            } else {
+                FsPerms::ReadWrite
+            };
+            wasi.preopened_dir(&dir, "/data", perms)
                 .map_err(|e| self.failed(format!("cannot open its data directory: {e:#}")))?;
         }
         let state = InstanceState {

@@ -3,6 +3,10 @@
 
 #![allow(dead_code)]
 
+pub mod pki;
+pub mod registry;
+pub mod wfm;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

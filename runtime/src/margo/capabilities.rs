@@ -1,0 +1,392 @@
+//! Device capabilities manifests: what the host and each sandbox partition offer, in
+//! the shape of the active profile. In see-thru mode the host reports itself (identity
+//! fields only unless it hosts) and then each partition as `DEVICE/PARTITION`; in opaque
+//! mode one manifest aggregates the partitions.
+
+use super::settings::Profile;
+use crate::config::{Config, GatewayMode, PartitionConfig};
+use crate::units::ByteSize;
+use serde_json::{json, Map, Value};
+
+/// WIT worlds every partition offers (see `wit/edge.wit`).
+pub const WIT_WORLDS: [&str; 3] = [
+    "margo:edge/http-function@0.1.0",
+    "margo:edge/event-function@0.1.0",
+    "margo:edge/http-and-event-function@0.1.0",
+];
+
+/// Identity of the device as reported to the WFM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceIdentity {
+    pub id: String,
+    pub vendor: String,
+    pub model: String,
+    pub serial: String,
+}
+
+fn read_dmi(name: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/sys/class/dmi/id/{name}"))
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+impl DeviceIdentity {
+    /// From `[device]`, with vendor / model / serial detected from DMI (or the machine
+    /// id) when not configured.
+    pub fn from_config(config: &Config) -> Self {
+        let device = config.device.as_ref();
+        let pick = |configured: Option<&String>, detected: Option<String>| {
+            configured
+                .cloned()
+                .or(detected)
+                .unwrap_or_else(|| "unknown".into())
+        };
+        Self {
+            id: config.device_id(),
+            vendor: pick(
+                device.and_then(|d| d.vendor.as_ref()),
+                read_dmi("sys_vendor"),
+            ),
+            model: pick(
+                device.and_then(|d| d.model.as_ref()),
+                read_dmi("product_name"),
+            ),
+            serial: pick(
+                device.and_then(|d| d.serial.as_ref()),
+                read_dmi("product_serial").or_else(|| {
+                    std::fs::read_to_string("/etc/machine-id")
+                        .ok()
+                        .map(|s| s.trim().to_owned())
+                }),
+            ),
+        }
+    }
+}
+
+/// `amd64` / `arm64` / `arm`, the Margo names; other architectures are not reported.
+pub fn architecture() -> Option<&'static str> {
+    match std::env::consts::ARCH {
+        "x86_64" => Some("amd64"),
+        "aarch64" => Some("arm64"),
+        "arm" => Some("arm"),
+        _ => None,
+    }
+}
+
+fn size(bytes: u64) -> String {
+    // Margo wants binary units; round down to whole KiB when needed.
+    let b = ByteSize(bytes - bytes % 1024);
+    let text = b.to_string();
+    if text.ends_with('i') {
+        text
+    } else {
+        format!("{}Ki", bytes / 1024)
+    }
+}
+
+fn identity_properties(identity: &DeviceIdentity, id: &str) -> Map<String, Value> {
+    let mut p = Map::new();
+    p.insert("id".into(), json!(id));
+    p.insert("vendor".into(), json!(identity.vendor));
+    p.insert("modelNumber".into(), json!(identity.model));
+    p.insert("serialNumber".into(), json!(identity.serial));
+    p
+}
+
+fn cpu_entry(cores: f64) -> Value {
+    match architecture() {
+        Some(arch) => json!({ "cores": cores, "architecture": arch }),
+        None => json!({ "cores": cores }),
+    }
+}
+
+/// What a hosting target offers.
+struct Hosting {
+    cpus: Vec<Value>,
+    memory: u64,
+    storage: u64,
+    interfaces: Vec<Value>,
+    peripherals: Vec<Value>,
+    otel: bool,
+}
+
+fn hosting_fields(p: &mut Map<String, Value>, profile: Profile, h: Hosting) {
+    let Hosting {
+        cpus,
+        memory,
+        storage,
+        interfaces,
+        peripherals,
+        otel,
+    } = h;
+    let cpus_key = match profile {
+        Profile::Rc3 => "cpus",
+        // The rc.2 schema calls the same array `cpu`.
+        Profile::Rc2 => "cpu",
+    };
+    p.insert(cpus_key.into(), Value::Array(cpus));
+    p.insert("memory".into(), json!(size(memory)));
+    p.insert("storage".into(), json!(size(storage)));
+    p.insert("interfaces".into(), Value::Array(interfaces));
+    p.insert("peripherals".into(), Value::Array(peripherals));
+    p.insert("otelCollector".into(), json!(otel));
+    // rc.2 schemas predate `custom` (their enums stop at oci / helm|compose); WFMs of
+    // that era map unknown values to custom, so both profiles report what is true.
+    p.insert("supportedRuntimes".into(), json!(["custom"]));
+    p.insert("supportedDeploymentTypes".into(), json!(["custom"]));
+}
+
+fn extension(mode: GatewayMode, partition: Option<&PartitionConfig>) -> Value {
+    let mut ext = json!({
+        "runtime": "wasmgate",
+        "runtimeVersion": env!("CARGO_PKG_VERSION"),
+        "wasmtimeVersion": "48",
+        "witWorlds": WIT_WORLDS,
+        "supportedDeploymentTypes": ["custom"],
+        "mode": match mode { GatewayMode::SeeThru => "see-thru", GatewayMode::Opaque => "opaque" },
+    });
+    if let Some(p) = partition {
+        ext["partition"] = json!({
+            "id": p.id,
+            "concurrency": p.concurrency(),
+            "instanceMemory": size(p.instance_memory()),
+            "timeoutSeconds": p.timeout().as_secs_f64(),
+        });
+    }
+    ext
+}
+
+/// Labels eligibility rules can select on: configured ones plus ours.
+fn labels(device: &Config, partition: Option<&PartitionConfig>) -> Map<String, Value> {
+    let mut labels = Map::new();
+    if let Some(d) = &device.device {
+        for (k, v) in &d.labels {
+            labels.insert(k.clone(), json!(v));
+        }
+    }
+    labels.insert("wasmgate.io/component-model".into(), json!(true));
+    labels.insert("wasmgate.io/wasi".into(), json!("0.2"));
+    labels.insert("wasmgate.io/wit-worlds".into(), json!(WIT_WORLDS));
+    if let Some(p) = partition {
+        labels.insert("wasmgate.io/partition".into(), json!(p.id));
+        for (k, v) in &p.labels {
+            labels.insert(k.clone(), json!(v));
+        }
+    }
+    labels
+}
+
+fn document(
+    profile: Profile,
+    properties: Map<String, Value>,
+    labels: Option<Map<String, Value>>,
+    ext: Value,
+) -> Value {
+    let mut doc = Map::new();
+    if profile == Profile::Rc2 {
+        doc.insert("apiVersion".into(), json!("device.margo.org/v1alpha1"));
+        doc.insert("kind".into(), json!("DeviceCapabilitiesManifest"));
+    }
+    doc.insert("properties".into(), Value::Object(properties));
+    // rc.2 capabilities have no `labels` member.
+    if let (Profile::Rc3, Some(labels)) = (profile, labels) {
+        doc.insert("labels".into(), Value::Object(labels));
+    }
+    doc.insert("x-wasmgate-extensions".into(), ext);
+    Value::Object(doc)
+}
+
+/// The capabilities of one partition as a hosting device.
+pub fn partition_document(
+    config: &Config,
+    identity: &DeviceIdentity,
+    p: &PartitionConfig,
+    profile: Profile,
+) -> Value {
+    let mut props = identity_properties(identity, &format!("{}/{}", identity.id, p.id));
+    hosting_fields(
+        &mut props,
+        profile,
+        Hosting {
+            cpus: vec![cpu_entry(p.cpu)],
+            memory: p.memory.0,
+            storage: p.storage.0,
+            interfaces: p.interfaces.clone(),
+            peripherals: p.peripherals.clone(),
+            otel: otel(config),
+        },
+    );
+    document(
+        profile,
+        props,
+        Some(labels(config, Some(p))),
+        extension(config.mode(), Some(p)),
+    )
+}
+
+fn otel(config: &Config) -> bool {
+    config.device.as_ref().is_some_and(|d| d.otel_collector)
+}
+
+/// Every `(deviceId, document)` to report, parent first.
+pub fn documents(
+    config: &Config,
+    identity: &DeviceIdentity,
+    profile: Profile,
+) -> Vec<(String, Value)> {
+    let hosts = config.device.as_ref().is_some_and(|d| d.hosts);
+    match config.mode() {
+        GatewayMode::SeeThru => {
+            let mut props = identity_properties(identity, &identity.id);
+            if hosts {
+                let total_cpu = config.partitions.iter().map(|p| p.cpu).sum::<f64>();
+                let memory = config.partitions.iter().map(|p| p.memory.0).sum();
+                let storage = config.partitions.iter().map(|p| p.storage.0).sum();
+                hosting_fields(
+                    &mut props,
+                    profile,
+                    Hosting {
+                        cpus: vec![cpu_entry(total_cpu)],
+                        memory,
+                        storage,
+                        interfaces: vec![],
+                        peripherals: vec![],
+                        otel: otel(config),
+                    },
+                );
+            }
+            let mut docs = vec![(
+                identity.id.clone(),
+                document(
+                    profile,
+                    props,
+                    Some(labels(config, None)),
+                    extension(config.mode(), None),
+                ),
+            )];
+            for p in &config.partitions {
+                docs.push((
+                    format!("{}/{}", identity.id, p.id),
+                    partition_document(config, identity, p, profile),
+                ));
+            }
+            docs
+        }
+        GatewayMode::Opaque => {
+            let mut props = identity_properties(identity, &identity.id);
+            let mut interfaces: Vec<Value> = Vec::new();
+            let mut peripherals: Vec<Value> = Vec::new();
+            for p in &config.partitions {
+                for i in &p.interfaces {
+                    if !interfaces.contains(i) {
+                        interfaces.push(i.clone());
+                    }
+                }
+                for i in &p.peripherals {
+                    if !peripherals.contains(i) {
+                        peripherals.push(i.clone());
+                    }
+                }
+            }
+            // One cpus entry per partition: each is a set of cores one workload can use;
+            // Margo never sums them.
+            hosting_fields(
+                &mut props,
+                profile,
+                Hosting {
+                    cpus: config.partitions.iter().map(|p| cpu_entry(p.cpu)).collect(),
+                    memory: config.partitions.iter().map(|p| p.memory.0).sum(),
+                    storage: config.partitions.iter().map(|p| p.storage.0).sum(),
+                    interfaces,
+                    peripherals,
+                    otel: otel(config),
+                },
+            );
+            let mut labels = labels(config, None);
+            for p in &config.partitions {
+                for (k, v) in &p.labels {
+                    labels.insert(k.clone(), json!(v));
+                }
+            }
+            vec![(
+                identity.id.clone(),
+                document(profile, props, Some(labels), extension(config.mode(), None)),
+            )]
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(mode: &str) -> Config {
+        Config::parse(&format!(
+            r#"
+            [device]
+            id = "edge-01"
+            mode = "{mode}"
+            vendor = "Acme"
+            model = "E1"
+            serial = "S1"
+            labels = {{ site = "north" }}
+            [[partition]]
+            id = "a"
+            cpu = 1.0
+            memory = "256Mi"
+            storage = "1Gi"
+            interfaces = [{{ type = "ethernet" }}]
+            [[partition]]
+            id = "b"
+            cpu = 0.5
+            memory = "128Mi"
+            storage = "64Mi"
+            labels = {{ tier = "sensors" }}
+            "#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn see_thru_reports_parent_then_partitions() {
+        let c = config("see-thru");
+        let docs = documents(&c, &DeviceIdentity::from_config(&c), Profile::Rc3);
+        let ids: Vec<_> = docs.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, ["edge-01", "edge-01/a", "edge-01/b"]);
+        // A non-hosting gateway: identity fields only.
+        assert_eq!(docs[0].1["properties"].as_object().unwrap().len(), 4);
+        let b = &docs[2].1;
+        assert_eq!(b["properties"]["id"], "edge-01/b");
+        assert_eq!(b["properties"]["memory"], "128Mi");
+        assert_eq!(b["properties"]["cpus"][0]["cores"], 0.5);
+        assert_eq!(
+            b["properties"]["supportedDeploymentTypes"],
+            json!(["custom"])
+        );
+        assert_eq!(b["labels"]["tier"], "sensors");
+        assert_eq!(b["labels"]["site"], "north");
+        assert_eq!(b["labels"]["wasmgate.io/partition"], "b");
+    }
+
+    #[test]
+    fn opaque_aggregates() {
+        let c = config("opaque");
+        let docs = documents(&c, &DeviceIdentity::from_config(&c), Profile::Rc3);
+        assert_eq!(docs.len(), 1);
+        let p = &docs[0].1["properties"];
+        assert_eq!(p["cpus"].as_array().unwrap().len(), 2);
+        assert_eq!(p["memory"], "384Mi");
+        assert_eq!(docs[0].1["labels"]["tier"], "sensors");
+    }
+
+    #[test]
+    fn rc2_shape() {
+        let c = config("see-thru");
+        let docs = documents(&c, &DeviceIdentity::from_config(&c), Profile::Rc2);
+        let doc = &docs[1].1;
+        assert_eq!(doc["kind"], "DeviceCapabilitiesManifest");
+        assert!(doc.get("labels").is_none());
+        assert!(doc["properties"].get("cpu").is_some());
+    }
+}

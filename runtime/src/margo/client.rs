@@ -1,0 +1,659 @@
+//! The WFM client loop: report capabilities, deliver status reports, poll the desired
+//! state, verify every byte by digest, hand the accepted deployments to the reconciler
+//! (the same one local mode uses), and remember what was accepted.
+
+use super::bundle;
+use super::capabilities::{self, DeviceIdentity};
+use super::outbox::Outbox;
+use super::settings::{DailyWindow, Downtime, Profile, WfmSettings};
+use super::state::{Accepted, SyncState};
+use super::transport::{Transport, TransportError};
+use super::types::{
+    ComponentReport, Digest, ErrorReport, ManifestVersion, Problem, StateManifest, StatusBody,
+    StatusReport, BUNDLE_MEDIA_TYPE, MANIFEST_MEDIA_TYPE,
+};
+use crate::config::{Config, GatewayMode};
+use crate::deploy::status::{DeploymentStatus, StatusError};
+use crate::deploy::{DesiredDeployment, Reconciler};
+use bytes::Bytes;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// Largest manifest or single deployment YAML accepted.
+const MAX_DOCUMENT: u64 = 1 << 20;
+/// Longest wait between attempts while the WFM is away.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// Source prefix of WFM deployments in the status board.
+pub const SOURCE_PREFIX: &str = "wfm:";
+
+/// Why a cycle stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum CycleError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("WFM answered {status} to {what}: {detail}")]
+    Refused {
+        what: String,
+        status: u16,
+        detail: String,
+        retryable: bool,
+        retry_after: Option<Duration>,
+    },
+    /// The desired state was refused; the previous state keeps running.
+    #[error("desired state rejected: {0}")]
+    Rejected(String),
+    #[error("local state: {0}")]
+    Local(String),
+}
+
+impl CycleError {
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Refused { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+fn refused(what: String, response: &super::http::Response) -> CycleError {
+    let problem = Problem::parse(&response.body).unwrap_or_default();
+    let retry_after = response
+        .header("retry-after")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .or(problem.retry_after_seconds)
+        .map(Duration::from_secs);
+    // Margo: decide on `retryable`, not on the status code; without it, only the
+    // transient statuses are worth another try.
+    let retryable = problem
+        .retryable
+        .unwrap_or(matches!(response.status, 429 | 500 | 502 | 503 | 504));
+    let detail = problem.detail.or(problem.title).unwrap_or_else(|| {
+        String::from_utf8_lossy(&response.body)
+            .chars()
+            .take(300)
+            .collect()
+    });
+    CycleError::Refused {
+        what,
+        status: response.status,
+        detail,
+        retryable,
+        retry_after,
+    }
+}
+
+fn local<E: std::fmt::Display>(e: E) -> CycleError {
+    CycleError::Local(e.to_string())
+}
+
+pub struct WfmClient {
+    settings: WfmSettings,
+    transport: Transport,
+    config: Config,
+    identity: DeviceIdentity,
+    state: SyncState,
+    outbox: Outbox,
+    events: UnboundedReceiver<DeploymentStatus>,
+    /// deviceId -> capabilities document last accepted by the WFM.
+    reported: BTreeMap<String, Value>,
+    reported_file: PathBuf,
+    /// Capabilities were sent on this run (they are the first exchange after connecting).
+    announced: bool,
+    /// The manifest version the reconciler is applying, for `adoptedManifestVersion`.
+    applying: ManifestVersion,
+    state_dir: PathBuf,
+    once: Vec<Downtime>,
+    daily: Vec<DailyWindow>,
+}
+
+impl WfmClient {
+    pub async fn new(
+        settings: WfmSettings,
+        config: Config,
+        events: UnboundedReceiver<DeploymentStatus>,
+    ) -> anyhow::Result<Self> {
+        let state_dir = config.state_dir.join("wfm");
+        std::fs::create_dir_all(&state_dir)?;
+        let transport = Transport::new(&settings, &state_dir).await?;
+        let state = SyncState::open(&state_dir)?;
+        let outbox = Outbox::open(&state_dir.join("outbox"))?;
+        let reported_file = state_dir.join("capabilities-reported.json");
+        let reported = std::fs::read(&reported_file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let (once, daily) = settings.downtimes().map_err(anyhow::Error::msg)?;
+        if !config.device.as_ref().is_some_and(|d| d.otel_collector) {
+            tracing::warn!(
+                "Margo requires hosting devices to report otelCollector: true; set [device] otel-collector = true once an OpenTelemetry collector runs on this device (a strict WFM refuses the capabilities otherwise)"
+            );
+        }
+        Ok(Self {
+            identity: DeviceIdentity::from_config(&config),
+            applying: state.accepted.manifest_version,
+            settings,
+            transport,
+            config,
+            state,
+            outbox,
+            events,
+            reported,
+            reported_file,
+            announced: false,
+            state_dir,
+            once,
+            daily,
+        })
+    }
+
+    /// Serves the last accepted desired state from disk, then syncs with the WFM until
+    /// `shutdown` resolves.
+    pub async fn run(
+        mut self,
+        reconciler: &mut Reconciler,
+        shutdown: impl std::future::Future<Output = ()>,
+        mut on_applied: impl FnMut(&Reconciler),
+    ) {
+        self.restore(reconciler).await;
+        on_applied(reconciler);
+        tokio::pin!(shutdown);
+        let mut failures = 0u32;
+        loop {
+            let wait = if self.in_downtime() {
+                // Known downtime: no requests, no retries, errors ignored.
+                self.settings.poll_interval()
+            } else {
+                match self.cycle(reconciler).await {
+                    Ok(()) => {
+                        failures = 0;
+                        self.settings.poll_interval()
+                    }
+                    Err(err) => {
+                        failures += 1;
+                        let wait = self.backoff(&err, failures);
+                        match &err {
+                            CycleError::Rejected(_) => {
+                                tracing::error!(error = %err, "security: desired state rejected; keeping the previous state")
+                            }
+                            _ => {
+                                tracing::warn!(error = %err, retry_in = ?wait, "WFM sync incomplete")
+                            }
+                        }
+                        wait
+                    }
+                }
+            };
+            on_applied(reconciler);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = &mut shutdown => break,
+            }
+        }
+    }
+
+    fn backoff(&self, err: &CycleError, failures: u32) -> Duration {
+        let poll = self.settings.poll_interval();
+        let exponential = poll
+            .saturating_mul(1u32 << failures.min(8))
+            .min(MAX_BACKOFF)
+            .max(poll);
+        let base = match err {
+            // A retired or refused client stops hammering the WFM.
+            CycleError::Refused {
+                retryable: false,
+                status: 401 | 403,
+                ..
+            } => MAX_BACKOFF,
+            CycleError::Rejected(_) => poll,
+            _ => exponential,
+        };
+        err.retry_after().map_or(base, |r| r.max(poll))
+    }
+
+    fn minute_of_day(now: SystemTime) -> u32 {
+        let secs = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        ((secs % 86_400) / 60) as u32
+    }
+
+    fn in_downtime(&self) -> bool {
+        let now = SystemTime::now();
+        let secs = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.once
+            .iter()
+            .any(|d| (d.from_unix..d.until_unix).contains(&secs))
+            || self
+                .daily
+                .iter()
+                .any(|w| w.contains(Self::minute_of_day(now)))
+    }
+
+    fn in_polling_window(&self) -> bool {
+        self.settings
+            .polling_window
+            .is_none_or(|w| w.contains(Self::minute_of_day(SystemTime::now())))
+    }
+
+    /// One round: capabilities, queued statuses, desired state, new statuses.
+    pub async fn cycle(&mut self, reconciler: &mut Reconciler) -> Result<(), CycleError> {
+        self.transport.refresh_trust().await?;
+        self.report_capabilities().await?;
+        self.collect_events()?;
+        self.deliver_statuses().await?;
+        if self.in_polling_window() {
+            self.poll(reconciler).await?;
+        }
+        if reconciler.pass_due() {
+            // Retry failed pulls and collect garbage against the accepted state.
+            let desired = self.accepted_documents();
+            reconciler.apply(desired).await;
+        }
+        self.collect_events()?;
+        self.deliver_statuses().await?;
+        Ok(())
+    }
+
+    /// The accepted deployments whose YAML is held on disk.
+    fn accepted_documents(&self) -> Vec<DesiredDeployment> {
+        self.state
+            .accepted
+            .deployments
+            .iter()
+            .filter_map(|(id, digest)| {
+                let yaml = self.state.document(&Digest::parse(digest).ok()?)?;
+                Some(self.desired(id, yaml))
+            })
+            .collect()
+    }
+
+    /// Applies the accepted desired state kept on disk, reporting only states that
+    /// differ from what the WFM was last told.
+    async fn restore(&mut self, reconciler: &mut Reconciler) {
+        let accepted = self.state.accepted.clone();
+        if accepted.manifest_version == 0 {
+            return;
+        }
+        let desired = self.accepted_documents();
+        if desired.len() != accepted.deployments.len() {
+            // Force a full fetch on the next poll.
+            self.state.accepted.etag = None;
+        }
+        tracing::info!(
+            manifest_version = accepted.manifest_version,
+            deployments = desired.len(),
+            "restoring the accepted desired state"
+        );
+        reconciler.apply(desired).await;
+        // Transitional states of the restore are not news to the WFM; final ones are
+        // reported only when they differ from the last report.
+        while self.events.try_recv().is_ok() {}
+        let snapshot = reconciler.status().snapshot();
+        for status in snapshot.deployments {
+            if let Some(report) = self.report_for(&status) {
+                if let Err(err) = self.outbox.push(report) {
+                    tracing::error!(error = %err, "cannot queue a status report");
+                }
+            }
+        }
+    }
+
+    fn desired(&self, id: &str, yaml: Vec<u8>) -> DesiredDeployment {
+        DesiredDeployment {
+            source: format!("{SOURCE_PREFIX}{id}"),
+            base_dir: self.state_dir.clone(),
+            yaml,
+        }
+    }
+
+    fn save_reported(&self) -> Result<(), CycleError> {
+        let bytes = serde_json::to_vec_pretty(&self.reported).map_err(local)?;
+        crate::fsutil::write_atomic(&self.reported_file, &bytes).map_err(local)
+    }
+
+    async fn put_capabilities(&mut self, device: &str, doc: &Value) -> Result<u16, CycleError> {
+        let url = self.transport.api_url(&format!("capabilities/{device}"))?;
+        let body = Bytes::from(serde_json::to_vec(doc).map_err(local)?);
+        let response = self
+            .transport
+            .send(::http::Method::PUT, &url, &[], Some(body), 64 << 10)
+            .await?;
+        Ok(response.status).and_then(|status| match status {
+            200 | 201 => Ok(status),
+            _ => Err(refused(format!("PUT capabilities/{device}"), &response)),
+        })
+    }
+
+    /// Sends the capabilities of every target, parent first; only what changed once
+    /// this run has announced itself. Removed partitions are deleted.
+    async fn report_capabilities(&mut self) -> Result<(), CycleError> {
+        let docs = capabilities::documents(&self.config, &self.identity, self.transport.profile());
+        let parent = self.identity.id.clone();
+        for (device, doc) in &docs {
+            if self.announced && self.reported.get(device) == Some(doc) {
+                continue;
+            }
+            match self.put_capabilities(device, doc).await {
+                Ok(_) => {}
+                // The WFM lost the parent (e.g. it was reset): report it again, then the child.
+                Err(CycleError::Refused { status: 404, .. }) if device != &parent => {
+                    tracing::warn!(device = %device, "WFM does not know the gateway; reporting it again");
+                    let parent_doc = docs[0].1.clone();
+                    self.put_capabilities(&parent, &parent_doc).await?;
+                    self.put_capabilities(device, doc).await?;
+                }
+                Err(err) => return Err(err),
+            }
+            self.reported.insert(device.clone(), doc.clone());
+            self.save_reported()?;
+        }
+        let current: BTreeSet<&String> = docs.iter().map(|(d, _)| d).collect();
+        let gone: Vec<String> = self
+            .reported
+            .keys()
+            .filter(|d| !current.contains(d))
+            .cloned()
+            .collect();
+        for device in gone {
+            let url = self.transport.api_url(&format!("capabilities/{device}"))?;
+            let response = self
+                .transport
+                .send(::http::Method::DELETE, &url, &[], None, 64 << 10)
+                .await?;
+            if !matches!(response.status, 200 | 204 | 404) {
+                return Err(refused(format!("DELETE capabilities/{device}"), &response));
+            }
+            tracing::info!(device = %device, "partition removed; unregistered it at the WFM");
+            self.reported.remove(&device);
+            self.save_reported()?;
+        }
+        self.announced = true;
+        Ok(())
+    }
+
+    /// Turns status-board changes into queued reports.
+    fn collect_events(&mut self) -> Result<(), CycleError> {
+        while let Ok(status) = self.events.try_recv() {
+            if let Some(report) = self.report_for(&status) {
+                self.outbox.push(report).map_err(local)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The Margo status report for a board entry of a WFM deployment.
+    fn report_for(&self, status: &DeploymentStatus) -> Option<StatusReport> {
+        let id = status.source.strip_prefix(SOURCE_PREFIX)?.to_owned();
+        let gateway = &self.identity.id;
+        let name = status.name.clone().unwrap_or_else(|| id.clone());
+        let error_report = |e: &StatusError, own_source: &str| ErrorReport {
+            code: e.code.clone(),
+            // Reserved gateway codes come from the gateway itself.
+            source: if matches!(e.code.as_str(), "101" | "102" | "103") {
+                gateway.clone()
+            } else {
+                own_source.to_owned()
+            },
+            message: e.message.clone(),
+        };
+        let device_id = match self.config.mode() {
+            GatewayMode::Opaque => Some(gateway.clone()),
+            GatewayMode::SeeThru => {
+                Some(status.device_id.clone().unwrap_or_else(|| gateway.clone()))
+            }
+        };
+        Some(StatusReport {
+            deployment_id: id,
+            device_id,
+            adopted_manifest_version: self.applying,
+            status: StatusBody {
+                state: state_name(status.state).into(),
+                error: status.error.as_ref().map(|e| error_report(e, &name)),
+            },
+            components: status
+                .components
+                .iter()
+                .map(|c| ComponentReport {
+                    name: c.name.clone(),
+                    state: state_name(c.state).into(),
+                    error: c.error.as_ref().map(|e| error_report(e, &c.name)),
+                })
+                .collect(),
+        })
+    }
+
+    /// Delivers queued reports in order; stops at the first one the WFM cannot take now.
+    async fn deliver_statuses(&mut self) -> Result<(), CycleError> {
+        for pending in self.outbox.pending().map_err(local)? {
+            let report = &pending.report;
+            let url = self
+                .transport
+                .api_url(&format!("deployments/{}/status", report.deployment_id))?;
+            let mut body = serde_json::to_value(report).map_err(local)?;
+            if self.transport.profile() == Profile::Rc2 {
+                body["apiVersion"] = "deployment.margo.org/v1alpha1".into();
+                body["kind"] = "DeploymentStatusManifest".into();
+            }
+            let bytes = Bytes::from(serde_json::to_vec(&body).map_err(local)?);
+            let response = self
+                .transport
+                .send(::http::Method::POST, &url, &[], Some(bytes), 64 << 10)
+                .await?;
+            match response.status {
+                200 | 201 | 204 => self.outbox.done(&pending).map_err(local)?,
+                _ => {
+                    let err = refused(
+                        format!("POST deployments/{}/status", report.deployment_id),
+                        &response,
+                    );
+                    if let CycleError::Refused {
+                        retryable: false, ..
+                    } = &err
+                    {
+                        // The WFM will never take this one; keep the queue moving.
+                        tracing::error!(error = %err, report = %body, "status report refused; dropping it");
+                        self.outbox.done(&pending).map_err(local)?;
+                        continue;
+                    }
+                    return Err(err);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn poll(&mut self, reconciler: &mut Reconciler) -> Result<(), CycleError> {
+        let url = self.transport.api_url("deployments")?;
+        let mut headers = vec![("accept", MANIFEST_MEDIA_TYPE.to_owned())];
+        if let Some(etag) = &self.state.accepted.etag {
+            headers.push(("if-none-match", etag.clone()));
+        }
+        let response = self
+            .transport
+            .send(::http::Method::GET, &url, &headers, None, MAX_DOCUMENT)
+            .await?;
+        match response.status {
+            304 => return Ok(()),
+            200 => {}
+            _ => return Err(refused("GET deployments".into(), &response)),
+        }
+        let content_type = response.header("content-type").unwrap_or_default();
+        if !content_type.starts_with(MANIFEST_MEDIA_TYPE) {
+            return Err(CycleError::Rejected(format!(
+                "state manifest has Content-Type {content_type:?}, expected {MANIFEST_MEDIA_TYPE}"
+            )));
+        }
+        let manifest = StateManifest::parse(&response.body)
+            .map_err(|e| CycleError::Rejected(e.to_string()))?;
+        let accepted_version = self.state.accepted.manifest_version;
+        if manifest.version <= accepted_version {
+            return Err(CycleError::Rejected(format!(
+                "manifestVersion {} is not greater than the accepted {accepted_version} (rollback or replay)",
+                manifest.version
+            )));
+        }
+        let documents = self.fetch_documents(&manifest).await?;
+        let etag = response.header("etag").map(str::to_owned);
+        tracing::info!(
+            manifest_version = manifest.version,
+            deployments = documents.len(),
+            "applying desired state"
+        );
+        self.applying = manifest.version;
+        let desired = documents
+            .iter()
+            .map(|(id, (_, yaml))| self.desired(id, yaml.clone()))
+            .collect();
+        reconciler.apply(desired).await;
+        self.collect_events()?;
+        self.state
+            .accept(Accepted {
+                manifest_version: manifest.version,
+                etag,
+                deployments: documents
+                    .iter()
+                    .map(|(id, (d, _))| (id.clone(), d.to_string()))
+                    .collect(),
+            })
+            .map_err(local)?;
+        Ok(())
+    }
+
+    /// Every deployment YAML of `manifest`, verified; from the local store when held,
+    /// otherwise from the bundle (several missing) or one by one. All or nothing.
+    async fn fetch_documents(
+        &mut self,
+        manifest: &StateManifest,
+    ) -> Result<BTreeMap<String, (Digest, Vec<u8>)>, CycleError> {
+        let mut documents = BTreeMap::new();
+        let mut missing = Vec::new();
+        for d in &manifest.deployments {
+            match self.state.document(&d.digest) {
+                Some(yaml) => {
+                    documents.insert(d.deployment_id.clone(), (d.digest.clone(), yaml));
+                }
+                None => missing.push(d.clone()),
+            }
+        }
+        if missing.len() > 1 {
+            if let Some(bundle) = &manifest.bundle {
+                let url = self.transport.manifest_url(&bundle.url)?;
+                let max = self.settings.max_bundle();
+                let response = self
+                    .transport
+                    .send(
+                        ::http::Method::GET,
+                        &url,
+                        &[("accept", BUNDLE_MEDIA_TYPE.to_owned())],
+                        None,
+                        max,
+                    )
+                    .await
+                    .map_err(|e| match e {
+                        TransportError::Http(super::http::HttpError::TooLarge { .. }) => {
+                            CycleError::Rejected(format!(
+                                "bundle {} is larger than {max} bytes",
+                                bundle.digest
+                            ))
+                        }
+                        other => other.into(),
+                    })?;
+                if response.status != 200 {
+                    return Err(refused(format!("GET bundle {}", bundle.digest), &response));
+                }
+                let content_type = response.header("content-type").unwrap_or_default();
+                if !content_type.starts_with(BUNDLE_MEDIA_TYPE) {
+                    return Err(CycleError::Rejected(format!(
+                        "bundle has Content-Type {content_type:?}, expected {BUNDLE_MEDIA_TYPE}"
+                    )));
+                }
+                if !bundle.digest.matches(&response.body) {
+                    return Err(CycleError::Rejected(format!(
+                        "bundle bytes hash to {}, the manifest says {}",
+                        Digest::of(&response.body),
+                        bundle.digest
+                    )));
+                }
+                let members = bundle::read_members(&response.body, max)
+                    .map_err(|e| CycleError::Rejected(e.to_string()))?;
+                let named: BTreeSet<&Digest> =
+                    manifest.deployments.iter().map(|d| &d.digest).collect();
+                let held: BTreeSet<&Digest> = members.keys().collect();
+                if named != held {
+                    return Err(CycleError::Rejected(format!(
+                        "bundle holds {} YAMLs that do not match the {} the manifest lists",
+                        held.len(),
+                        named.len()
+                    )));
+                }
+                for d in &missing {
+                    let yaml = members[&d.digest].clone();
+                    documents.insert(d.deployment_id.clone(), (d.digest.clone(), yaml));
+                }
+                missing.clear();
+            }
+        }
+        for d in &missing {
+            let url = self.transport.manifest_url(&d.url)?;
+            let response = self
+                .transport
+                .send(::http::Method::GET, &url, &[], None, MAX_DOCUMENT)
+                .await?;
+            if response.status != 200 {
+                return Err(refused(
+                    format!("GET deployment {} {}", d.deployment_id, d.digest),
+                    &response,
+                ));
+            }
+            if !d.digest.matches(&response.body) {
+                return Err(CycleError::Rejected(format!(
+                    "deployment {} YAML hashes to {}, the manifest says {}",
+                    d.deployment_id,
+                    Digest::of(&response.body),
+                    d.digest
+                )));
+            }
+            documents.insert(
+                d.deployment_id.clone(),
+                (d.digest.clone(), response.body.to_vec()),
+            );
+        }
+        for (id, (digest, yaml)) in &documents {
+            let declared = serde_norway::from_slice::<Value>(yaml)
+                .ok()
+                .and_then(|v| v.get("id").and_then(Value::as_str).map(str::to_owned));
+            if declared.as_deref() != Some(id.as_str()) {
+                return Err(CycleError::Rejected(format!(
+                    "YAML {digest} is listed as deployment {id} but declares id {declared:?}"
+                )));
+            }
+        }
+        for (digest, yaml) in documents.values() {
+            self.state.store_document(digest, yaml).map_err(local)?;
+        }
+        Ok(documents)
+    }
+
+    pub fn pending_reports(&self) -> usize {
+        self.outbox.len()
+    }
+}
+
+fn state_name(state: crate::deploy::DeploymentState) -> &'static str {
+    use crate::deploy::DeploymentState::*;
+    match state {
+        Pending => "pending",
+        Installing => "installing",
+        Installed => "installed",
+        Failed => "failed",
+        Removing => "removing",
+        Removed => "removed",
+    }
+}

@@ -1,0 +1,18 @@
+//! The Margo WFM client: transport profiles (rc.3 mTLS, rc.2 signed), capabilities of
+//! the host and its partitions, desired-state sync with digest verification, and a
+//! durable status outbox. It feeds the same reconciler as local mode and never touches
+//! wasmtime.
+
+pub mod bundle;
+pub mod capabilities;
+pub mod client;
+pub mod http;
+pub mod outbox;
+pub mod settings;
+pub mod state;
+pub mod tls;
+pub mod transport;
+pub mod types;
+
+pub use client::WfmClient;
+pub use settings::{Profile, WfmSettings};

@@ -1,0 +1,396 @@
+//! TLS for the two transport profiles.
+//!
+//! rc.3: mutual TLS with X.509-SVIDs. The WFM is authenticated by its SPIFFE ID, which
+//! must be exactly `spiffe://<td>/margo/wfm/<wfm-id>` with `<td>` and `<wfm-id>` taken
+//! from our own SVID; its chain must validate against the current SPIFFE trust bundle.
+//! DNS names play no part. rc.2: ordinary server-side TLS against a configured root.
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {what} {path}: {message}")]
+    Read {
+        what: &'static str,
+        path: String,
+        message: String,
+    },
+    #[error("{what} {path} holds no {expected}")]
+    Empty {
+        what: &'static str,
+        path: String,
+        expected: &'static str,
+    },
+    #[error("our SVID {path}: {message}")]
+    OwnSvid { path: String, message: String },
+    #[error("trust bundle: {0}")]
+    Bundle(String),
+    #[error("TLS configuration: {0}")]
+    Config(String),
+}
+
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+pub fn read_certs(
+    what: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| TlsError::Read {
+            what,
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Empty {
+            what,
+            path: path.display().to_string(),
+            expected: "PEM certificate",
+        });
+    }
+    Ok(certs)
+}
+
+pub fn read_key(what: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::Read {
+        what,
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// The URI SANs of a certificate.
+pub fn uri_sans(cert: &[u8]) -> Result<Vec<String>, String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert)
+        .map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    let mut uris = Vec::new();
+    if let Ok(Some(san)) = parsed.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::URI(uri) = name {
+                uris.push((*uri).to_owned());
+            }
+        }
+    }
+    Ok(uris)
+}
+
+/// The single `spiffe://` URI SAN of an SVID.
+pub fn spiffe_id(cert: &[u8]) -> Result<String, String> {
+    let uris = uri_sans(cert)?;
+    match uris.as_slice() {
+        [one] if one.starts_with("spiffe://") => Ok(one.clone()),
+        [] => Err("no URI SAN (an SVID has exactly one spiffe:// URI)".into()),
+        [other] => Err(format!("URI SAN {other:?} is not a spiffe:// ID")),
+        _ => Err(format!("{} URI SANs (an SVID has exactly one)", uris.len())),
+    }
+}
+
+/// An ID segment of the Margo SPIFFE path: unreserved characters, not `.` or `..`.
+fn valid_segment(s: &str) -> bool {
+    !s.is_empty()
+        && s != "."
+        && s != ".."
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+}
+
+/// Our own identity, read from our SVID: `spiffe://<td>/margo/wfm/<wfm-id>/client/<client-id>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientIdentity {
+    pub trust_domain: String,
+    pub wfm_id: String,
+    pub client_id: String,
+}
+
+impl ClientIdentity {
+    pub fn parse(spiffe: &str) -> Result<Self, String> {
+        let rest = spiffe
+            .strip_prefix("spiffe://")
+            .ok_or_else(|| format!("{spiffe:?} is not a spiffe:// ID"))?;
+        let parts: Vec<&str> = rest.split('/').collect();
+        match parts.as_slice() {
+            [td, "margo", "wfm", wfm, "client", client] if !td.is_empty() && valid_segment(wfm) && valid_segment(client) => Ok(Self {
+                trust_domain: (*td).to_owned(),
+                wfm_id: (*wfm).to_owned(),
+                client_id: (*client).to_owned(),
+            }),
+            _ => Err(format!(
+                "{spiffe:?} is not a Margo WFM client ID (spiffe://<trust-domain>/margo/wfm/<wfm-id>/client/<client-id>)"
+            )),
+        }
+    }
+
+    /// The only SPIFFE ID the WFM may present.
+    pub fn expected_wfm(&self) -> String {
+        format!("spiffe://{}/margo/wfm/{}", self.trust_domain, self.wfm_id)
+    }
+}
+
+/// The X.509 anchors of the current trust bundle; replaced as a whole on refresh.
+#[derive(Debug, Default)]
+pub struct TrustAnchors {
+    certs: RwLock<Vec<CertificateDer<'static>>>,
+}
+
+impl TrustAnchors {
+    pub fn new(certs: Vec<CertificateDer<'static>>) -> Arc<Self> {
+        Arc::new(Self {
+            certs: RwLock::new(certs),
+        })
+    }
+
+    /// Replaces (never merges) the anchors.
+    pub fn replace(&self, certs: Vec<CertificateDer<'static>>) {
+        *self.certs.write().unwrap_or_else(|e| e.into_inner()) = certs;
+    }
+
+    pub fn len(&self) -> usize {
+        self.certs.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn snapshot(&self) -> Vec<CertificateDer<'static>> {
+        self.certs.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Verifies the WFM's SVID: chain to the trust bundle (server-auth usage), exactly one
+/// `spiffe://` URI SAN equal to the expected WFM ID, leaf not a CA.
+#[derive(Debug)]
+pub struct SpiffeServerVerifier {
+    anchors: Arc<TrustAnchors>,
+    expected: String,
+    provider: Arc<CryptoProvider>,
+}
+
+impl SpiffeServerVerifier {
+    pub fn new(anchors: Arc<TrustAnchors>, expected: String) -> Self {
+        Self {
+            anchors,
+            expected,
+            provider: provider(),
+        }
+    }
+}
+
+fn bad_cert(message: String) -> rustls::Error {
+    rustls::Error::General(message)
+}
+
+impl ServerCertVerifier for SpiffeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let roots = self.anchors.snapshot();
+        if roots.is_empty() {
+            return Err(bad_cert(
+                "the trust bundle has no X.509 anchors; refusing to trust anything".into(),
+            ));
+        }
+        let anchors: Vec<_> = roots
+            .iter()
+            .filter_map(|c| webpki::anchor_from_trusted_cert(c).ok())
+            .collect();
+        let cert = webpki::EndEntityCert::try_from(end_entity)
+            .map_err(|e| bad_cert(format!("WFM certificate: {e}")))?;
+        cert.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &anchors,
+            intermediates,
+            now,
+            webpki::KeyUsage::server_auth(),
+            None,
+            None,
+        )
+        .map_err(|e| {
+            bad_cert(format!(
+                "WFM certificate does not chain to the trust bundle: {e}"
+            ))
+        })?;
+        let id = spiffe_id(end_entity).map_err(|e| bad_cert(format!("WFM certificate: {e}")))?;
+        if id != self.expected {
+            return Err(bad_cert(format!(
+                "WFM presented SPIFFE ID {id:?}, expected exactly {:?}",
+                self.expected
+            )));
+        }
+        let (_, parsed) = x509_parser::parse_x509_certificate(end_entity)
+            .map_err(|e| bad_cert(format!("WFM certificate: {e}")))?;
+        if parsed.is_ca() {
+            return Err(bad_cert(
+                "WFM certificate is a CA certificate, not an SVID".into(),
+            ));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Client configuration for rc.3: our SVID chain + key, the WFM checked by SPIFFE ID.
+pub fn rc3_client_config(
+    svid_chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    anchors: Arc<TrustAnchors>,
+    expected_wfm: String,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier::new(
+            anchors,
+            expected_wfm,
+        )))
+        .with_client_auth_cert(svid_chain, key)
+        .map_err(|e| TlsError::Config(format!("our SVID and key do not fit together: {e}")))?;
+    Ok(Arc::new(config))
+}
+
+/// Client configuration for rc.2: server-side TLS (1.3) trusting `roots`.
+pub fn rc2_client_config(roots: RootCertStore) -> Result<Arc<ClientConfig>, TlsError> {
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// A SPIFFE trust bundle document (JWK set) or PEM, reduced to what we act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustBundle {
+    pub anchors: Vec<CertificateDer<'static>>,
+    pub sequence: Option<u64>,
+    pub refresh_hint: Option<u64>,
+}
+
+impl TrustBundle {
+    /// Parses a SPIFFE bundle (JSON) or a PEM file of CA certificates. Keys other than
+    /// `x509-svid` are ignored; a bundle without X.509 anchors is refused (fail closed).
+    pub fn parse(bytes: &[u8]) -> Result<Self, TlsError> {
+        let text = String::from_utf8_lossy(bytes);
+        let bundle = if text.trim_start().starts_with('{') {
+            let doc: serde_json::Value = serde_json::from_slice(bytes)
+                .map_err(|e| TlsError::Bundle(format!("not JSON: {e}")))?;
+            let keys = doc["keys"]
+                .as_array()
+                .ok_or_else(|| TlsError::Bundle("no `keys` array".into()))?;
+            let mut anchors = Vec::new();
+            for key in keys.iter().filter(|k| k["use"] == "x509-svid") {
+                let chain = key["x5c"]
+                    .as_array()
+                    .ok_or_else(|| TlsError::Bundle("x509-svid key without x5c".into()))?;
+                let first = chain
+                    .first()
+                    .and_then(|c| c.as_str())
+                    .ok_or_else(|| TlsError::Bundle("empty x5c".into()))?;
+                use base64::Engine as _;
+                let der = base64::engine::general_purpose::STANDARD
+                    .decode(first)
+                    .map_err(|e| TlsError::Bundle(format!("x5c is not base64: {e}")))?;
+                anchors.push(CertificateDer::from(der));
+            }
+            Self {
+                anchors,
+                sequence: doc["spiffe_sequence"].as_u64(),
+                refresh_hint: doc["spiffe_refresh_hint"].as_u64(),
+            }
+        } else {
+            let anchors = CertificateDer::pem_slice_iter(bytes)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| TlsError::Bundle(format!("not PEM: {e}")))?;
+            Self {
+                anchors,
+                sequence: None,
+                refresh_hint: None,
+            }
+        };
+        if bundle.anchors.is_empty() {
+            return Err(TlsError::Bundle("no X.509 anchors (fail closed)".into()));
+        }
+        for anchor in &bundle.anchors {
+            webpki::anchor_from_trusted_cert(anchor).map_err(|e| {
+                TlsError::Bundle(format!("an anchor is not a usable certificate: {e}"))
+            })?;
+        }
+        Ok(bundle)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_identity() {
+        let id =
+            ClientIdentity::parse("spiffe://example.org/margo/wfm/wfm-1/client/edge-01").unwrap();
+        assert_eq!(id.expected_wfm(), "spiffe://example.org/margo/wfm/wfm-1");
+        for bad in [
+            "spiffe://example.org/margo/wfm/wfm-1",
+            "spiffe://example.org/wfm/wfm-1/client/x",
+            "spiffe://example.org/margo/wfm/../client/x",
+            "https://example.org/margo/wfm/a/client/b",
+            "spiffe://example.org/margo/wfm/a/client/b/c",
+        ] {
+            assert!(ClientIdentity::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bundles_fail_closed() {
+        assert!(TrustBundle::parse(br#"{"keys": []}"#).is_err());
+        assert!(TrustBundle::parse(br#"{"keys": [{"use": "jwt-svid", "kty": "EC"}]}"#).is_err());
+        assert!(TrustBundle::parse(b"").is_err());
+    }
+}

@@ -1,0 +1,372 @@
+//! Margo Management Interface documents as typed values. Incoming documents are parsed
+//! at the edge into types that only hold valid values (`Digest`, `ManifestVersion`);
+//! outgoing ones serialize exactly the rc.3 shapes.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use std::fmt;
+
+/// Media type of the state manifest.
+pub const MANIFEST_MEDIA_TYPE: &str = "application/vnd.margo.manifest.v1+json";
+/// Media type of a deployment bundle.
+pub const BUNDLE_MEDIA_TYPE: &str = "application/vnd.margo.bundle.v1+tar+gzip";
+
+/// A `sha256:<64 lowercase hex>` digest over exact bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DigestError {
+    #[error("digest {0:?} uses an unsupported algorithm; only sha256 is allowed")]
+    UnsupportedAlgorithm(String),
+    #[error("digest {0:?} is malformed; expected sha256: followed by 64 lowercase hex characters")]
+    Malformed(String),
+}
+
+impl Digest {
+    pub fn parse(text: &str) -> Result<Self, DigestError> {
+        let Some((algorithm, hex)) = text.split_once(':') else {
+            return Err(DigestError::Malformed(text.into()));
+        };
+        if algorithm != "sha256" {
+            return Err(DigestError::UnsupportedAlgorithm(text.into()));
+        }
+        if hex.len() != 64
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(DigestError::Malformed(text.into()));
+        }
+        Ok(Self(text.to_owned()))
+    }
+
+    pub fn of(bytes: &[u8]) -> Self {
+        Self(format!("sha256:{}", hex::encode(Sha256::digest(bytes))))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The hex part, for file names.
+    pub fn hex(&self) -> &str {
+        &self.0["sha256:".len()..]
+    }
+
+    pub fn matches(&self, bytes: &[u8]) -> bool {
+        Self::of(bytes) == *self
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `manifestVersion`: an integer 1 ..= 2^64-1 (JSON number; fractions and negatives rejected).
+pub type ManifestVersion = u64;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundleRef {
+    pub media_type: String,
+    pub digest: Digest,
+    pub url: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeploymentRef {
+    pub deployment_id: String,
+    pub digest: Digest,
+    pub url: String,
+}
+
+/// A validated state manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateManifest {
+    pub version: ManifestVersion,
+    pub bundle: Option<BundleRef>,
+    pub deployments: Vec<DeploymentRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("state manifest field {field}: {message}")]
+pub struct ManifestError {
+    pub field: String,
+    pub message: String,
+}
+
+fn manifest_err(field: impl Into<String>, message: impl Into<String>) -> ManifestError {
+    ManifestError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawRef {
+    media_type: Option<String>,
+    deployment_id: Option<String>,
+    digest: Option<String>,
+    url: Option<String>,
+}
+
+/// Tells an explicit `null` (`Some(None)`) from an absent field (`None`).
+fn deserialize_some<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<RawRef>>, D::Error> {
+    Option::<RawRef>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawManifestWithNull {
+    manifest_version: Option<serde_json::Value>,
+    #[serde(default, deserialize_with = "deserialize_some")]
+    bundle: Option<Option<RawRef>>,
+    deployments: Option<Vec<RawRef>>,
+}
+
+impl StateManifest {
+    /// Parses and validates a manifest body. Unknown fields are ignored.
+    pub fn parse(body: &[u8]) -> Result<Self, ManifestError> {
+        let raw: RawManifestWithNull = serde_json::from_slice(body)
+            .map_err(|e| manifest_err("document", format!("not a JSON state manifest: {e}")))?;
+        let version = match raw.manifest_version {
+            Some(serde_json::Value::Number(n)) => {
+                n.as_u64().filter(|v| *v >= 1).ok_or_else(|| {
+                    manifest_err(
+                        "manifestVersion",
+                        format!("{n} is not an integer from 1 to 2^64-1"),
+                    )
+                })?
+            }
+            Some(other) => {
+                return Err(manifest_err(
+                    "manifestVersion",
+                    format!("{other} is not a number"),
+                ))
+            }
+            None => return Err(manifest_err("manifestVersion", "missing")),
+        };
+        let deployments = raw
+            .deployments
+            .ok_or_else(|| manifest_err("deployments", "missing"))?
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let at = |f: &str| format!("deployments[{i}].{f}");
+                let deployment_id = r
+                    .deployment_id
+                    .filter(|s| !s.is_empty())
+                    .ok_or_else(|| manifest_err(at("deploymentId"), "missing"))?;
+                let digest = r
+                    .digest
+                    .ok_or_else(|| manifest_err(at("digest"), "missing"))?;
+                let digest = Digest::parse(&digest)
+                    .map_err(|e| manifest_err(at("digest"), e.to_string()))?;
+                let url = r
+                    .url
+                    .filter(|s| !s.is_empty())
+                    .ok_or_else(|| manifest_err(at("url"), "missing"))?;
+                Ok(DeploymentRef {
+                    deployment_id,
+                    digest,
+                    url,
+                })
+            })
+            .collect::<Result<Vec<_>, ManifestError>>()?;
+        let mut ids = std::collections::BTreeSet::new();
+        for d in &deployments {
+            if !ids.insert(&d.deployment_id) {
+                return Err(manifest_err(
+                    "deployments",
+                    format!("deployment {} is listed twice", d.deployment_id),
+                ));
+            }
+        }
+        let bundle = match raw.bundle {
+            None => {
+                return Err(manifest_err(
+                    "bundle",
+                    "missing; it must be present (null when there are no deployments)",
+                ))
+            }
+            Some(None) => None,
+            Some(Some(r)) => {
+                let media_type = r
+                    .media_type
+                    .ok_or_else(|| manifest_err("bundle.mediaType", "missing"))?;
+                if media_type != BUNDLE_MEDIA_TYPE {
+                    return Err(manifest_err(
+                        "bundle.mediaType",
+                        format!("{media_type:?} is not {BUNDLE_MEDIA_TYPE}"),
+                    ));
+                }
+                let digest = r
+                    .digest
+                    .ok_or_else(|| manifest_err("bundle.digest", "missing"))?;
+                let digest = Digest::parse(&digest)
+                    .map_err(|e| manifest_err("bundle.digest", e.to_string()))?;
+                let url = r
+                    .url
+                    .filter(|s| !s.is_empty())
+                    .ok_or_else(|| manifest_err("bundle.url", "missing"))?;
+                Some(BundleRef {
+                    media_type,
+                    digest,
+                    url,
+                })
+            }
+        };
+        match (&bundle, deployments.is_empty()) {
+            (None, false) => {
+                return Err(manifest_err(
+                    "bundle",
+                    "null although the manifest lists deployments",
+                ))
+            }
+            (Some(_), true) => {
+                return Err(manifest_err(
+                    "bundle",
+                    "present although the manifest lists no deployments",
+                ))
+            }
+            _ => {}
+        }
+        Ok(Self {
+            version,
+            bundle,
+            deployments,
+        })
+    }
+}
+
+/// RFC 9457 problem details, as far as a client acts on them.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub title: Option<String>,
+    pub status: Option<u16>,
+    pub detail: Option<String>,
+    pub retryable: Option<bool>,
+    pub retry_after_seconds: Option<u64>,
+}
+
+impl Problem {
+    pub fn parse(body: &[u8]) -> Option<Self> {
+        serde_json::from_slice(body).ok()
+    }
+
+    /// The fragment of a Margo problem type URI (`gateway-not-found`), if it is one.
+    pub fn margo_type(&self) -> Option<&str> {
+        self.kind.as_deref()?.rsplit_once('#').map(|(_, f)| f)
+    }
+}
+
+/// `DeploymentStatusManifest`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusReport {
+    pub deployment_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    pub adopted_manifest_version: ManifestVersion,
+    pub status: StatusBody,
+    pub components: Vec<ComponentReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusBody {
+    pub state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ComponentReport {
+    pub name: String,
+    pub state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorReport {
+    pub code: String,
+    pub source: String,
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digests() {
+        let d = Digest::of(b"abc");
+        assert_eq!(
+            d.as_str(),
+            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert!(d.matches(b"abc") && !d.matches(b"abd"));
+        assert!(matches!(
+            Digest::parse("sha512:00"),
+            Err(DigestError::UnsupportedAlgorithm(_))
+        ));
+        assert!(matches!(
+            Digest::parse("sha256:ABC"),
+            Err(DigestError::Malformed(_))
+        ));
+        assert!(Digest::parse(d.as_str()).is_ok());
+    }
+
+    #[test]
+    fn spec_example_manifests_parse() {
+        let spec = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/spec/examples/");
+        if let Ok(body) = std::fs::read(format!("{spec}state-manifest.json")) {
+            let m = StateManifest::parse(&body).unwrap();
+            assert_eq!(m.version, 43);
+            assert_eq!(m.deployments.len(), 3);
+            let empty = StateManifest::parse(
+                &std::fs::read(format!("{spec}state-manifest-empty.json")).unwrap(),
+            )
+            .unwrap();
+            assert!(empty.bundle.is_none() && empty.deployments.is_empty());
+        }
+    }
+
+    #[test]
+    fn manifest_rules() {
+        let d = Digest::of(b"x");
+        let ok = format!(
+            r#"{{"manifestVersion": 2, "bundle": {{"mediaType": "{BUNDLE_MEDIA_TYPE}", "digest": "{d}", "url": "/b"}}, "deployments": [{{"deploymentId": "a", "digest": "{d}", "url": "/d", "extra": 1}}], "x": true}}"#
+        );
+        assert_eq!(StateManifest::parse(ok.as_bytes()).unwrap().version, 2);
+        let cases = [
+            (ok.replace("\"manifestVersion\": 2", "\"manifestVersion\": 2.5"), "manifestVersion"),
+            (ok.replace("\"manifestVersion\": 2", "\"manifestVersion\": 0"), "manifestVersion"),
+            (ok.replace("\"manifestVersion\": 2,", ""), "manifestVersion"),
+            (ok.replace(&format!("{{\"mediaType\": \"{BUNDLE_MEDIA_TYPE}\", \"digest\": \"{d}\", \"url\": \"/b\"}}"), "null"), "bundle"),
+            (ok.replace(BUNDLE_MEDIA_TYPE, "application/zip"), "bundle.mediaType"),
+            (ok.replace("sha256:", "sha512:"), "digest"),
+            (r#"{"manifestVersion": 3, "deployments": []}"#.to_string(), "bundle"),
+        ];
+        for (text, field) in cases {
+            let err = StateManifest::parse(text.as_bytes()).unwrap_err();
+            assert!(
+                err.field.starts_with(field) || err.field.contains(field),
+                "{text}: {err}"
+            );
+        }
+        let empty = r#"{"manifestVersion": 3, "bundle": null, "deployments": []}"#;
+        assert!(StateManifest::parse(empty.as_bytes())
+            .unwrap()
+            .bundle
+            .is_none());
+    }
+}

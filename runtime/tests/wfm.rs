@@ -1,0 +1,723 @@
+//! The Margo WFM client end to end: the real binary against the strict mock WFM over
+//! real TLS on loopback, in both transport profiles.
+
+mod common;
+
+use common::pki::Pki;
+use common::wfm::{DownMode, Fixture, MockWfm, Profile};
+use common::*;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+const HELLO_ID: &str = "aaaaaaaa-0000-4000-8000-000000000001";
+const COUNTER_ID: &str = "aaaaaaaa-0000-4000-8000-000000000002";
+const SENSOR_ID: &str = "aaaaaaaa-0000-4000-8000-000000000003";
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Setup {
+    sandbox: Sandbox,
+    pki: Pki,
+    mock: MockWfm,
+    config: String,
+}
+
+fn setup(profile: Profile, mode: &str) -> Setup {
+    let sandbox = Sandbox::new();
+    let pki = Pki::new("example.org", "wfm-1", "edge-01");
+    let files = pki.write_client_files(&sandbox.path().join("pki"));
+    // rc.2 schemas predate `custom`; the device reports it anyway (see capabilities.rs).
+    let mock = MockWfm::start_with(
+        profile,
+        &pki,
+        common::wfm::MockOptions {
+            rc2_allow_custom: true,
+            ..Default::default()
+        },
+    );
+    let transport = match profile {
+        Profile::Rc3 => format!(
+            "profile = \"rc3\"\nsvid-cert = {:?}\nsvid-key = {:?}\ntrust-bundle = {:?}",
+            files.svid_cert, files.svid_key, files.trust_bundle_json
+        ),
+        Profile::Rc2 => format!(
+            "profile = \"rc2\"\nclient-cert = {:?}\nclient-key = {:?}\nroot-ca = {:?}",
+            files.rc2_client_cert, files.rc2_client_key, files.root_ca_pem
+        ),
+    };
+    let config = format!(
+        r#"
+[device]
+id = "edge-01"
+mode = "{mode}"
+vendor = "Acme"
+model = "EG-1"
+serial = "SN-1"
+otel-collector = true
+labels = {{ site = "north" }}
+
+[[partition]]
+id = "apps"
+cpu = 1.0
+memory = "256Mi"
+storage = "16Mi"
+labels = {{ tier = "apps" }}
+
+[[partition]]
+id = "sensors"
+cpu = 0.5
+memory = "128Mi"
+storage = "16Mi"
+labels = {{ tier = "sensors" }}
+
+[[partition]]
+id = "spare"
+cpu = 0.25
+memory = "64Mi"
+storage = "8Mi"
+labels = {{ tier = "spare" }}
+
+[wfm]
+url = "{}"
+poll-interval = "300ms"
+{transport}
+"#,
+        mock.base_url()
+    );
+    Setup {
+        sandbox,
+        pki,
+        mock,
+        config,
+    }
+}
+
+fn hello_yaml(device: &str, greeting: &str) -> String {
+    deployment(
+        HELLO_ID,
+        "hello",
+        Some(device),
+        &[(
+            "hello",
+            &format!("file://{}", wasmgate_examples::HELLO),
+            "{trigger: {http: {route: /hello}}}",
+        )],
+        &[("greeting", greeting, "greeting", "hello")],
+    )
+}
+
+fn counter_yaml(device: &str) -> String {
+    deployment(
+        COUNTER_ID,
+        "counter",
+        Some(device),
+        &[(
+            "counter",
+            &format!("file://{}", wasmgate_examples::COUNTER),
+            "{trigger: {http: {route: /counter}}}",
+        )],
+        &[],
+    )
+}
+
+fn sensor_yaml(device: &str) -> String {
+    deployment(
+        SENSOR_ID,
+        "sensor",
+        Some(device),
+        &[(
+            "sensor",
+            &format!("file://{}", wasmgate_examples::SENSOR_FILTER),
+            "{trigger: {http: {route: /sensor}, timer: {every: 1s}}}",
+        )],
+        &[],
+    )
+}
+
+/// Status reports the mock accepted for `id`, as (state, adoptedManifestVersion).
+fn reports(mock: &MockWfm, id: &str) -> Vec<(String, u64)> {
+    mock.statuses()
+        .iter()
+        .filter(|s| s["deploymentId"] == id)
+        .map(|s| {
+            (
+                s["status"]["state"].as_str().unwrap().to_owned(),
+                s["adoptedManifestVersion"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+fn last_report(mock: &MockWfm, id: &str) -> Option<Value> {
+    mock.statuses()
+        .into_iter()
+        .rfind(|s| s["deploymentId"] == id)
+}
+
+fn wait_state(mock: &MockWfm, id: &str, state: &str, version: u64) {
+    mock.wait_until(&format!("{id} {state} at v{version}"), WAIT, |m| {
+        reports(m, id)
+            .iter()
+            .any(|(s, v)| s == state && *v == version)
+    });
+}
+
+#[test]
+fn rc3_see_thru_capabilities_deploy_update_remove() {
+    let s = setup(Profile::Rc3, "see-thru");
+    let gate = s.sandbox.up(&s.config);
+    s.mock
+        .wait_until("capabilities of host + 3 partitions", WAIT, |m| {
+            m.capabilities().len() == 4
+        });
+    let caps = s.mock.capabilities();
+    // The host hosts nothing itself: identity fields only.
+    assert_eq!(
+        caps["edge-01"]["properties"].as_object().unwrap().len(),
+        4,
+        "{:#}",
+        caps["edge-01"]
+    );
+    let sensors = &caps["edge-01/sensors"];
+    assert_eq!(sensors["properties"]["memory"], "128Mi");
+    assert_eq!(sensors["properties"]["cpus"][0]["cores"], 0.5);
+    assert_eq!(
+        sensors["properties"]["supportedDeploymentTypes"],
+        serde_json::json!(["custom"])
+    );
+    assert_eq!(sensors["labels"]["tier"], "sensors");
+    assert!(sensors["x-wasmgate-extensions"]["witWorlds"].is_array());
+    // The parent was reported before any child.
+    let puts: Vec<String> = s
+        .mock
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PUT")
+        .map(|r| r.path.clone())
+        .collect();
+    assert_eq!(
+        puts.first().map(String::as_str),
+        Some("/api/v1/capabilities/edge-01"),
+        "{puts:?}"
+    );
+
+    // A directed and an autonomous deployment.
+    s.mock.set_deployments(&[
+        (HELLO_ID, hello_yaml("edge-01/apps", "Hi")),
+        (COUNTER_ID, counter_yaml("edge-01/*")),
+    ]);
+    let v1 = s.mock.manifest_version();
+    wait_state(&s.mock, HELLO_ID, "installed", v1);
+    wait_state(&s.mock, COUNTER_ID, "installed", v1);
+    assert_eq!(gate.get("/hello"), (200, "Hi, world!\n".to_string()));
+    assert_eq!(gate.get("/counter").0, 200);
+    let states: Vec<String> = reports(&s.mock, HELLO_ID)
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    assert_eq!(states, ["pending", "installing", "installed"]);
+    let hello = last_report(&s.mock, HELLO_ID).unwrap();
+    assert_eq!(hello["deviceId"], "edge-01/apps");
+    assert_eq!(hello["components"][0]["name"], "hello");
+    // Autonomous placement chose the partition with the most room.
+    assert_eq!(
+        last_report(&s.mock, COUNTER_ID).unwrap()["deviceId"],
+        "edge-01/apps"
+    );
+
+    // Update one in place.
+    s.mock.set_deployments(&[
+        (HELLO_ID, hello_yaml("edge-01/apps", "Howdy")),
+        (COUNTER_ID, counter_yaml("edge-01/*")),
+    ]);
+    let v2 = s.mock.manifest_version();
+    wait_state(&s.mock, HELLO_ID, "installed", v2);
+    gate.wait_for("/hello", 200, "Howdy, world!");
+
+    // Remove one.
+    s.mock
+        .set_deployments(&[(HELLO_ID, hello_yaml("edge-01/apps", "Howdy"))]);
+    let v3 = s.mock.manifest_version();
+    wait_state(&s.mock, COUNTER_ID, "removed", v3);
+    let states: Vec<String> = reports(&s.mock, COUNTER_ID)
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    assert_eq!(states[states.len() - 2..], ["removing", "removed"]);
+    gate.wait_for("/counter", 404, "no deployment");
+    assert_eq!(gate.get("/hello").0, 200);
+
+    // Placement errors use the reserved gateway codes with the gateway as source.
+    let nowhere = hello_yaml("edge-01/nope", "x")
+        .replace(HELLO_ID, SENSOR_ID)
+        .replace("/hello}", "/nowhere}");
+    s.mock.set_deployments(&[
+        (HELLO_ID, hello_yaml("edge-01/apps", "Howdy")),
+        (SENSOR_ID, nowhere),
+    ]);
+    let v4 = s.mock.manifest_version();
+    wait_state(&s.mock, SENSOR_ID, "failed", v4);
+    let failed = last_report(&s.mock, SENSOR_ID).unwrap();
+    assert_eq!(failed["status"]["error"]["code"], "101", "{failed:#}");
+    assert_eq!(failed["status"]["error"]["source"], "edge-01", "{failed:#}");
+    s.mock.assert_no_violations();
+}
+
+#[test]
+fn rc3_opaque_reports_one_aggregated_device() {
+    let s = setup(Profile::Rc3, "opaque");
+    let gate = s.sandbox.up(&s.config);
+    s.mock
+        .wait_until("capabilities", WAIT, |m| !m.capabilities().is_empty());
+    s.mock
+        .set_deployments(&[(HELLO_ID, hello_yaml("edge-01", "Hi"))]);
+    wait_state(&s.mock, HELLO_ID, "installed", s.mock.manifest_version());
+    let caps = s.mock.capabilities();
+    assert_eq!(caps.len(), 1, "{caps:?}");
+    let p = &caps["edge-01"]["properties"];
+    assert_eq!(p["cpus"].as_array().unwrap().len(), 3);
+    assert_eq!(p["memory"], "448Mi");
+    assert_eq!(
+        last_report(&s.mock, HELLO_ID).unwrap()["deviceId"],
+        "edge-01"
+    );
+    assert_eq!(gate.get("/hello").0, 200);
+    s.mock.assert_no_violations();
+}
+
+#[test]
+fn rc2_onboards_and_signs_every_request() {
+    let s = setup(Profile::Rc2, "see-thru");
+    let gate = s.sandbox.up(&s.config);
+    s.mock
+        .wait_until("capabilities of host + 3 partitions", WAIT, |m| {
+            m.capabilities().len() == 4
+        });
+    s.mock
+        .set_deployments(&[(HELLO_ID, hello_yaml("edge-01/apps", "Signed"))]);
+    wait_state(&s.mock, HELLO_ID, "installed", s.mock.manifest_version());
+    assert_eq!(gate.get("/hello").1, "Signed, world!\n");
+    let client_ids = s.mock.rc2_client_ids();
+    assert_eq!(client_ids.len(), 1);
+    let saved = std::fs::read_to_string(s.sandbox.state().join("wfm/client-id")).unwrap();
+    assert_eq!(saved.trim(), client_ids[0]);
+    // Every request after onboarding was signed (the mock verifies each one).
+    let signed = s
+        .mock
+        .requests()
+        .iter()
+        .filter(|r| r.header("signature-input").is_some())
+        .count();
+    assert!(signed >= 6, "only {signed} signed requests");
+    s.mock.assert_no_violations();
+
+    // A restart reuses the clientId instead of onboarding again.
+    gate.stop();
+    let gate = s.sandbox.up(&s.config);
+    s.mock.wait_until("a poll after restart", WAIT, |m| {
+        m.requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path.ends_with("/deployments"))
+            .count()
+            >= 3
+    });
+    assert_eq!(s.mock.rc2_client_ids().len(), 1);
+    assert_eq!(gate.get("/hello").0, 200);
+    s.mock.assert_no_violations();
+}
+
+/// Installs hello v1, then serves each bad manifest and checks it is refused while the
+/// previous state keeps serving.
+#[test]
+fn negative_fixtures_are_refused_and_the_previous_state_serves() {
+    let s = setup(Profile::Rc3, "see-thru");
+    let gate = s.sandbox.up(&s.config);
+    s.mock
+        .set_deployments(&[(HELLO_ID, hello_yaml("edge-01/apps", "Stable"))]);
+    let good = s.mock.manifest_version();
+    wait_state(&s.mock, HELLO_ID, "installed", good);
+    let fixtures = [
+        Fixture::UnsupportedDigestAlgorithm,
+        Fixture::BundleDigestMismatch,
+        Fixture::DeploymentDigestMismatch,
+        Fixture::NonIncreasingManifestVersion,
+        Fixture::ManifestVersionRollback { to: good },
+        Fixture::BundleNullWithDeployments,
+        Fixture::TarPathTraversal,
+        Fixture::TarDuplicateEntry,
+        Fixture::TarSymlink,
+        Fixture::OversizeBundle,
+        Fixture::UnknownBundleMediaType,
+    ];
+    for (i, fixture) in fixtures.into_iter().enumerate() {
+        // Two changed deployments, so that the client takes the bundle path.
+        let greeting = format!("Bad{i}");
+        s.mock.set_fixture(fixture.clone());
+        s.mock.set_deployments(&[
+            (HELLO_ID, hello_yaml("edge-01/apps", &greeting)),
+            (COUNTER_ID, counter_yaml("edge-01/apps")),
+        ]);
+        let before = s.mock.requests().len();
+        s.mock
+            .wait_until(&format!("{fixture:?}: three polls"), WAIT, |m| {
+                m.requests()[before..]
+                    .iter()
+                    .filter(|r| r.method == "GET" && r.path == "/api/v1/deployments")
+                    .count()
+                    >= 3
+            });
+        assert_eq!(
+            gate.get("/hello"),
+            (200, "Stable, world!\n".to_string()),
+            "{fixture:?}"
+        );
+        assert_eq!(gate.get("/counter").0, 404, "{fixture:?} was applied");
+        // Back to the running state, then a clean manifest (a fresh, higher version):
+        // accepted without any change, so the next poll is answered 304.
+        s.mock
+            .set_deployments(&[(HELLO_ID, hello_yaml("edge-01/apps", "Stable"))]);
+        s.mock.clear_fixture();
+        let before = s.mock.requests().len();
+        s.mock.wait_until(
+            &format!("{fixture:?}: clean manifest accepted"),
+            WAIT,
+            |m| {
+                m.requests()[before..]
+                    .iter()
+                    .any(|r| r.path == "/api/v1/deployments" && r.status == 304)
+            },
+        );
+    }
+    assert!(
+        reports(&s.mock, COUNTER_ID).is_empty(),
+        "a refused manifest was reported on"
+    );
+    // sizeBytes is not an integrity check: a wrong one is accepted.
+    s.mock.set_fixture(Fixture::WrongSizeBytes);
+    s.mock.set_deployments(&[
+        (HELLO_ID, hello_yaml("edge-01/apps", "Sized")),
+        (COUNTER_ID, counter_yaml("edge-01/apps")),
+    ]);
+    wait_state(&s.mock, COUNTER_ID, "installed", s.mock.manifest_version());
+    gate.wait_for("/hello", 200, "Sized, world!");
+    let log = gate.stderr.lock().unwrap().join("\n");
+    assert!(
+        log.contains("desired state rejected"),
+        "no security log line"
+    );
+    s.mock.assert_no_violations();
+}
+
+#[test]
+fn reports_made_while_the_wfm_is_down_arrive_in_order_once() {
+    let s = setup(Profile::Rc3, "see-thru");
+    let gate = s.sandbox.up(&s.config);
+    s.mock
+        .set_deployments(&[(HELLO_ID, hello_yaml("edge-01/apps", "Hi"))]);
+    wait_state(&s.mock, HELLO_ID, "installed", s.mock.manifest_version());
+
+    // A new deployment; the WFM goes away as soon as the client fetched it, so every
+    // state change of the install happens while it is unreachable.
+    s.mock.set_deployments(&[
+        (HELLO_ID, hello_yaml("edge-01/apps", "Hi")),
+        (SENSOR_ID, sensor_yaml("edge-01/sensors")),
+    ]);
+    let version = s.mock.manifest_version();
+    s.mock.wait_until("the new YAML fetched", WAIT, |m| {
+        m.requests()
+            .iter()
+            .any(|r| r.method == "GET" && r.path.contains(SENSOR_ID))
+    });
+    s.mock.set_down(DownMode::ServiceUnavailable {
+        retry_after_secs: 1,
+    });
+    let down_since = Instant::now();
+    // The host keeps serving while the WFM is away.
+    gate.wait_for("/sensor", 200, "\"ticks\"");
+    while down_since.elapsed() < Duration::from_secs(4) {
+        assert_eq!(gate.get("/hello").0, 200);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let queued = std::fs::read_dir(s.sandbox.state().join("wfm/outbox/queue"))
+        .unwrap()
+        .count();
+    assert!(queued >= 1, "nothing queued while the WFM was down");
+    s.mock.set_up();
+    wait_state(&s.mock, SENSOR_ID, "installed", version);
+    let states: Vec<String> = reports(&s.mock, SENSOR_ID)
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    assert_eq!(
+        states,
+        ["pending", "installing", "installed"],
+        "lost, reordered or duplicated"
+    );
+    s.mock.assert_no_violations();
+}
+
+#[test]
+fn restart_resumes_from_disk_without_rereporting_or_downloading() {
+    let s = setup(Profile::Rc3, "see-thru");
+    let gate = s.sandbox.up(&s.config);
+    s.mock.set_deployments(&[
+        (HELLO_ID, hello_yaml("edge-01/apps", "Hi")),
+        (COUNTER_ID, counter_yaml("edge-01/apps")),
+    ]);
+    let version = s.mock.manifest_version();
+    wait_state(&s.mock, HELLO_ID, "installed", version);
+    wait_state(&s.mock, COUNTER_ID, "installed", version);
+    // Let the outbox drain, then crash.
+    std::thread::sleep(Duration::from_millis(800));
+    drop(gate);
+    let statuses_before = s.mock.statuses().len();
+    s.mock.clear_records();
+
+    // Restart with the WFM down: the last accepted state serves from disk.
+    s.mock.set_down(DownMode::Refuse);
+    let gate = s.sandbox.up(&s.config);
+    gate.wait_for("/hello", 200, "Hi, world!");
+    s.mock.set_up();
+    s.mock.wait_until("polls after restart", WAIT, |m| {
+        m.requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path == "/api/v1/deployments")
+            .count()
+            >= 3
+    });
+    let requests = s.mock.requests();
+    let polls: Vec<_> = requests
+        .iter()
+        .filter(|r| r.path == "/api/v1/deployments")
+        .collect();
+    assert!(
+        polls.iter().all(|r| r.status == 304),
+        "{:?}",
+        polls.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    assert!(polls[0].header("if-none-match").is_some());
+    assert!(
+        !requests.iter().any(|r| r.path.contains("/bundles/") || r.path.contains(&format!("{HELLO_ID}/sha256"))),
+        "content downloaded again"
+    );
+    assert_eq!(
+        s.mock.statuses().len(),
+        statuses_before,
+        "stale states reported again"
+    );
+    s.mock.assert_no_violations();
+}
+
+#[test]
+fn renewed_svid_is_presented_and_a_wrong_wfm_identity_is_refused() {
+    let s = setup(Profile::Rc3, "see-thru");
+    let gate = s.sandbox.up(&s.config);
+    s.mock
+        .wait_until("first handshakes", WAIT, |m| m.handshakes().len() >= 2);
+    let old = s.mock.handshakes()[0].client_cert_der.clone().unwrap();
+    let renewed = s.pki.renew_client_svid(&s.sandbox.path().join("pki"));
+    s.mock
+        .wait_until("a handshake with the renewed SVID", WAIT, |m| {
+            m.handshakes()
+                .last()
+                .and_then(|h| h.client_cert_der.clone())
+                .is_some_and(|d| d == renewed.leaf_der())
+        });
+    assert_ne!(old, renewed.leaf_der());
+    drop(gate);
+
+    // A WFM presenting another SPIFFE ID is never talked to.
+    let impostor = MockWfm::start_with(
+        Profile::Rc3,
+        &s.pki,
+        common::wfm::MockOptions {
+            server_identity: Some(
+                s.pki
+                    .wfm_svid_with_id("spiffe://example.org/margo/wfm/other-wfm"),
+            ),
+            ..Default::default()
+        },
+    );
+    let config = s.config.replace(&s.mock.base_url(), &impostor.base_url());
+    let sandbox = Sandbox::new();
+    let gate = sandbox.up(&config);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        impostor.requests().is_empty(),
+        "talked to an impostor: {:?}",
+        impostor.requests().len()
+    );
+    let log = gate.stderr.lock().unwrap().join("\n");
+    assert!(
+        log.contains("other-wfm"),
+        "the refusal should name the presented ID:\n{log}"
+    );
+}
+
+/// A tiny MIS: the discovery document and the SPIFFE bundle over HTTPS, authenticated by
+/// a pinned CA. Returns its base URL and a counter of requests served.
+fn start_mis(
+    pki: &Pki,
+    trust_domain: &str,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let server = pki.wfm_server();
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(server.rustls_chain(), server.rustls_key())
+    .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let bundle = pki.trust_bundle_json(7, 1);
+    let discovery = serde_json::json!({
+        "trustDomain": trust_domain,
+        "trustBundleUri": format!("https://{addr}/bundle.json"),
+    })
+    .to_string();
+    let served = Arc::new(AtomicUsize::new(0));
+    let counter = served.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            listener.set_nonblocking(true).unwrap();
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let (acceptor, bundle, discovery, counter) = (
+                    acceptor.clone(),
+                    bundle.clone(),
+                    discovery.clone(),
+                    counter.clone(),
+                );
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            counter.fetch_add(1, Ordering::SeqCst);
+                            let body = match req.uri().path() {
+                                "/.well-known/margo" => discovery.clone(),
+                                "/bundle.json" => bundle.clone(),
+                                _ => String::new(),
+                            };
+                            async move {
+                                Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                    http_body_util::Full::new(bytes::Bytes::from(body)),
+                                ))
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+    });
+    (format!("https://{addr}"), served)
+}
+
+#[test]
+fn rc3_trust_bundle_through_discovery_with_a_pinned_ca() {
+    let s = setup(Profile::Rc3, "see-thru");
+    let (mis, served) = start_mis(&s.pki, "example.org");
+    let files = s.sandbox.path().join("pki");
+    let config = s.config.replace(
+        &format!("trust-bundle = {:?}", files.join("bundle.json")),
+        &format!(
+            "discovery-url = \"{mis}/.well-known/margo\"\npinned-ca = {:?}",
+            files.join("root-ca.pem")
+        ),
+    );
+    assert!(config.contains("discovery-url"), "{config}");
+    let gate = s.sandbox.up(&config);
+    s.mock
+        .wait_until("capabilities after discovery", WAIT, |m| {
+            m.capabilities().len() == 4
+        });
+    let saved = std::fs::read_to_string(s.sandbox.state().join("wfm/trust-bundle.json")).unwrap();
+    assert!(saved.contains("x509-svid"), "{saved}");
+    // The bundle's refresh hint is 1 s: it is fetched again while the client runs.
+    let first = served.load(std::sync::atomic::Ordering::SeqCst);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        served.load(std::sync::atomic::Ordering::SeqCst) > first,
+        "bundle never refreshed"
+    );
+    drop(gate);
+
+    // A discovery document naming another trust domain is refused: no WFM traffic.
+    let s = setup(Profile::Rc3, "see-thru");
+    let (mis, _) = start_mis(&s.pki, "other.org");
+    let files = s.sandbox.path().join("pki");
+    let config = s.config.replace(
+        &format!("trust-bundle = {:?}", files.join("bundle.json")),
+        &format!(
+            "discovery-url = \"{mis}/.well-known/margo\"\npinned-ca = {:?}",
+            files.join("root-ca.pem")
+        ),
+    );
+    let gate = s.sandbox.up(&config);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(s.mock.requests().is_empty());
+    let log = gate.stderr.lock().unwrap().join("\n");
+    assert!(log.contains("other.org"), "{log}");
+}
+
+#[test]
+fn known_downtime_silences_the_client_and_removed_partitions_are_unregistered() {
+    let s = setup(Profile::Rc3, "see-thru");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let config = s.config.replace(
+        "poll-interval = \"300ms\"",
+        &format!(
+            "poll-interval = \"300ms\"\ndowntime = [\"{}/{}\"]",
+            now - 5,
+            now + 5
+        ),
+    );
+    let started = Instant::now();
+    let gate = s.sandbox.up(&config);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        s.mock.requests().is_empty(),
+        "the client talked during known downtime"
+    );
+    s.mock
+        .wait_until("capabilities after the downtime", WAIT, |m| {
+            m.capabilities().len() == 4
+        });
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "downtime ended early"
+    );
+    gate.stop();
+
+    // The `spare` partition leaves the configuration: it is unregistered.
+    let spare = "[[partition]]\nid = \"spare\"\ncpu = 0.25\nmemory = \"64Mi\"\nstorage = \"8Mi\"\nlabels = { tier = \"spare\" }\n";
+    assert!(s.config.contains(spare));
+    let _gate = s.sandbox.up(&s.config.replace(spare, ""));
+    s.mock
+        .wait_until("DELETE of the removed partition", WAIT, |m| {
+            m.requests().iter().any(|r| {
+                r.method == "DELETE"
+                    && r.path == "/api/v1/capabilities/edge-01/spare"
+                    && r.status == 204
+            })
+        });
+    assert_eq!(s.mock.capabilities().len(), 3);
+    s.mock.assert_no_violations();
+}
