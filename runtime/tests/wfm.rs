@@ -259,6 +259,14 @@ fn rc3_see_thru_capabilities_deploy_update_remove() {
     let failed = last_report(&s.mock, SENSOR_ID).unwrap();
     assert_eq!(failed["status"]["error"]["code"], "101", "{failed:#}");
     assert_eq!(failed["status"]["error"]["source"], "edge-01", "{failed:#}");
+
+    // A zero-deployment manifest (`bundle: null`) removes everything.
+    s.mock.set_deployments::<&str, &str>(&[]);
+    let v5 = s.mock.manifest_version();
+    wait_state(&s.mock, HELLO_ID, "removed", v5);
+    // The deployment that never ran is reported gone too.
+    wait_state(&s.mock, SENSOR_ID, "removed", v5);
+    gate.wait_for("/hello", 404, "no deployment");
     s.mock.assert_no_violations();
 }
 

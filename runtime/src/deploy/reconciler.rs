@@ -307,6 +307,21 @@ impl Reconciler {
         }
         for key in self.status.keys() {
             if !sources.contains(&key) {
+                // A deployment that never ran (it failed) leaves too: say so once.
+                let gone = self.status.snapshot().deployments.into_iter().find(|d| {
+                    d.source == key
+                        && d.deployment_id.is_some()
+                        && d.state != DeploymentState::Removed
+                });
+                if let Some(mut last) = gone {
+                    last.state = DeploymentState::Removed;
+                    last.error = None;
+                    for c in &mut last.components {
+                        c.state = DeploymentState::Removed;
+                        c.error = None;
+                    }
+                    self.status.set(&key, last);
+                }
                 self.status.remove(&key);
             }
         }
