@@ -69,3 +69,35 @@ fn misbehaving_guests_fail_alone() {
     assert_eq!(bad["memory"]["used"], 0, "{bad:#}");
     assert_eq!(bad["activeInstances"], 0, "{bad:#}");
 }
+
+#[test]
+fn a_full_partition_gets_its_data_dir_read_only() {
+    let sandbox = Sandbox::new();
+    sandbox.put(
+        "misbehave.yaml",
+        &deployment(
+            "44444444-4444-4444-8444-444444444444",
+            "misbehave",
+            None,
+            &[(
+                "misbehave",
+                wasmgate_examples::MISBEHAVE,
+                "{trigger: {http: {route: /bad}}, data-dir: true}",
+            )],
+            &[],
+        ),
+    );
+    // A quota of 8 bytes: the first probe file (15 bytes) fills it.
+    let gate = sandbox
+        .up("[[partition]]\nid = \"tiny\"\ncpu = 1.0\nmemory = \"64Mi\"\nstorage = \"8\"\n");
+    let body = gate.wait_for("/bad/escape", 403, "denied");
+    assert!(body.contains("data-dir: ok"), "{body}");
+    // Usage is measured at most once a second.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (_, body) = gate.get("/bad/escape");
+    assert!(
+        !body.contains("data-dir: ok"),
+        "a full partition could still write: {body}"
+    );
+    assert!(body.contains("data-dir:"), "{body}");
+}
