@@ -154,7 +154,7 @@ row() { # label col unit ratio-direction-note
     local a b
     a="$(col wasmtime "$2" | median) ($(col wasmtime "$2" | range))"
     b="$(col wasmgate "$2" | median) ($(col wasmgate "$2" | range))"
-    printf '| %-30s | %-28s | %-28s | %-9s |\n' "$1" "$a" "$b" "$(awk -v x="$(col wasmgate "$2" | median)" -v y="$(col wasmtime "$2" | median)" 'BEGIN { printf "%.2fx", x / y }')"
+    printf '| %-30s | %-28s | %-28s | %-9s |\n' "$1" "$a" "$b" "$(awk -v x="$(col wasmgate "$2" | median)" -v y="$(col wasmtime "$2" | median)" 'BEGIN { printf "%.3gx", x / y }')"
 }
 row "requests/s" 3
 row "p50 latency (ms)" 4
@@ -164,7 +164,7 @@ kib_row() { # label wasmtime-kib wasmgate-kib unit-divisor unit
     printf '| %-30s | %-28s | %-28s | %-9s |\n' "$1" \
         "$(awk -v v="$2" -v d="$4" -v u="$5" 'BEGIN { printf "%.1f %s", v / d, u }')" \
         "$(awk -v v="$3" -v d="$4" -v u="$5" 'BEGIN { printf "%.1f %s", v / d, u }')" \
-        "$(awk -v x="$3" -v y="$2" 'BEGIN { printf "%.2fx", x / y }')"
+        "$(awk -v x="$3" -v y="$2" 'BEGIN { printf "%.3gx", x / y }')"
 }
 kib_row "RSS after start" "${START_RSS[wasmtime]}" "${START_RSS[wasmgate]}" 1024 MiB
 kib_row "peak RSS (VmHWM)" "${PEAK[wasmtime]}" "${PEAK[wasmgate]}" 1024 MiB

@@ -88,8 +88,8 @@ fn a_full_partition_gets_its_data_dir_read_only() {
         ),
     );
     // A quota of 8 bytes: the first probe file (15 bytes) fills it.
-    let gate = sandbox
-        .up("[[partition]]\nid = \"tiny\"\ncpu = 1.0\nmemory = \"64Mi\"\nstorage = \"8\"\n");
+    let gate =
+        sandbox.up("[[partition]]\nid = \"tiny\"\ncpu = 1.0\nmemory = \"64Mi\"\nstorage = \"8\"\n");
     let body = gate.wait_for("/bad/escape", 403, "denied");
     assert!(body.contains("data-dir: ok"), "{body}");
     // Usage is measured at most once a second.

@@ -729,3 +729,37 @@ fn known_downtime_silences_the_client_and_removed_partitions_are_unregistered() 
     assert_eq!(s.mock.capabilities().len(), 3);
     s.mock.assert_no_violations();
 }
+
+#[test]
+fn outside_the_polling_window_only_capabilities_and_statuses_flow() {
+    let s = setup(Profile::Rc3, "see-thru");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // A one-hour window starting two hours from now (UTC).
+    let start = (now / 60 + 120) % 1440;
+    let end = (start + 60) % 1440;
+    let window = format!(
+        "{:02}:{:02}-{:02}:{:02}",
+        start / 60,
+        start % 60,
+        end / 60,
+        end % 60
+    );
+    let config = s.config.replace(
+        "poll-interval = \"300ms\"",
+        &format!("poll-interval = \"300ms\"\npolling-window = \"{window}\""),
+    );
+    let _gate = s.sandbox.up(&config);
+    s.mock
+        .wait_until("capabilities", WAIT, |m| m.capabilities().len() == 4);
+    std::thread::sleep(Duration::from_secs(2));
+    let polls = s
+        .mock
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/api/v1/deployments")
+        .count();
+    assert_eq!(polls, 0, "polled outside the window {window}");
+}

@@ -270,6 +270,7 @@ fn binary_size(bin: &Path) -> anyhow::Result<()> {
 struct Idle {
     rss0: Vec<f64>,
     vm0: Vec<f64>,
+    rss10_compiled: Vec<f64>,
     rss10: Vec<f64>,
     rss10_used: Vec<f64>,
     rss100: Vec<f64>,
@@ -278,14 +279,12 @@ struct Idle {
     hwm: Vec<f64>,
 }
 
-fn idle_run(bin: &Path, component: &Path, idle: &mut Idle) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let config = dir.path().join("wasmgate.toml");
+fn start_up(bin: &Path, dir: &Path) -> anyhow::Result<Process> {
+    let config = dir.join("wasmgate.toml");
     std::fs::write(&config, BOARD_CONFIG)?;
-    let deployments = dir.path().join("deployments");
+    let deployments = dir.join("deployments");
     std::fs::create_dir_all(&deployments)?;
-    let state = dir.path().join("state");
-    let mut process = Process::start(
+    Process::start(
         bin,
         &[
             "up",
@@ -294,26 +293,50 @@ fn idle_run(bin: &Path, component: &Path, idle: &mut Idle) -> anyhow::Result<()>
             "--deployments",
             deployments.to_str().unwrap(),
             "--state-dir",
-            state.to_str().unwrap(),
+            dir.join("state").to_str().unwrap(),
             "--listen",
             "127.0.0.1:0",
         ],
-    )?;
+    )
+}
+
+/// Writes deployments `range` atomically and waits until `0..range.end` are all served.
+fn deploy(
+    process: &mut Process,
+    dir: &Path,
+    component: &Path,
+    range: std::ops::Range<usize>,
+) -> anyhow::Result<()> {
+    let deployments = dir.join("deployments");
+    for i in range.clone() {
+        let tmp = deployments.join(format!(".d{i:04}.tmp"));
+        std::fs::write(&tmp, deployment_yaml(i, PARTITIONS, component, "Hello"))?;
+        std::fs::rename(&tmp, deployments.join(format!("d{i:04}.yaml")))?;
+    }
+    serving(process, range.end)
+}
+
+fn serving(process: &mut Process, count: usize) -> anyhow::Result<()> {
+    let routes: Vec<String> = (0..count).map(|i| format!("/d{i}")).collect();
+    process.wait_serving(&routes)
+}
+
+/// One process lifetime that compiles (fresh state), then one that restarts on the same
+/// state directory with the AOT cache warm, as a device does after a reboot.
+fn idle_run(bin: &Path, component: &Path, idle: &mut Idle) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut process = start_up(bin, dir.path())?;
     std::thread::sleep(SETTLE);
     let empty = process.status()?;
     idle.rss0.push(mib(empty.rss));
     idle.vm0.push(mib(empty.vm_size) / 1024.0);
+    deploy(&mut process, dir.path(), component, 0..10)?;
+    std::thread::sleep(SETTLE);
+    idle.rss10_compiled.push(mib(process.status()?.rss));
+    process.stop();
 
-    let deploy = |process: &mut Process, range: std::ops::Range<usize>| -> anyhow::Result<()> {
-        for i in range.clone() {
-            let tmp = deployments.join(format!(".d{i:04}.tmp"));
-            std::fs::write(&tmp, deployment_yaml(i, PARTITIONS, component, "Hello"))?;
-            std::fs::rename(&tmp, deployments.join(format!("d{i:04}.yaml")))?;
-        }
-        let routes: Vec<String> = (0..range.end).map(|i| format!("/d{i}")).collect();
-        process.wait_serving(&routes)
-    };
-    deploy(&mut process, 0..10)?;
+    let mut process = start_up(bin, dir.path())?;
+    serving(&mut process, 10)?;
     std::thread::sleep(SETTLE);
     let ten = process.status()?;
     idle.rss10.push(mib(ten.rss));
@@ -325,7 +348,7 @@ fn idle_run(bin: &Path, component: &Path, idle: &mut Idle) -> anyhow::Result<()>
     }
     std::thread::sleep(SETTLE);
     idle.rss10_used.push(mib(process.status()?.rss));
-    deploy(&mut process, 10..100)?;
+    deploy(&mut process, dir.path(), component, 10..100)?;
     std::thread::sleep(SETTLE);
     let hundred = process.status()?;
     idle.rss100.push(mib(hundred.rss));
@@ -385,25 +408,9 @@ fn folder_deploy(
     let mut times = Vec::new();
     for _ in 0..runs {
         let dir = tempfile::tempdir()?;
-        let config = dir.path().join("wasmgate.toml");
-        std::fs::write(&config, BOARD_CONFIG)?;
-        let deployments = dir.path().join("deployments");
-        std::fs::create_dir_all(&deployments)?;
-        let process = Process::start(
-            bin,
-            &[
-                "up",
-                "--config",
-                config.to_str().unwrap(),
-                "--deployments",
-                deployments.to_str().unwrap(),
-                "--state-dir",
-                dir.path().join("state").to_str().unwrap(),
-                "--listen",
-                "127.0.0.1:0",
-            ],
-        )?;
+        let process = start_up(bin, dir.path())?;
         std::thread::sleep(Duration::from_millis(300));
+        let deployments = dir.path().join("deployments");
         let tmp = deployments.join(".new.tmp");
         std::fs::write(&tmp, deployment_yaml(0, PARTITIONS, component, "Hello"))?;
         let start = Instant::now();

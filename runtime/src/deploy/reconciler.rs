@@ -455,19 +455,68 @@ impl Reconciler {
         );
     }
 
+    /// Digests (hex) of every artifact an applied deployment uses.
+    fn referenced(&self) -> BTreeSet<String> {
+        self.applied
+            .values()
+            .flat_map(|a| a.pins.iter())
+            .chain(self.persisted.values().flat_map(|r| r.pins.iter()))
+            .filter_map(|p| super::store::sha256_hex(&p.digest).map(str::to_owned))
+            .collect()
+    }
+
+    /// Before storing new artifacts: evicts unreferenced entries (whatever their age) as
+    /// far as needed for `pins` to fit in the cache quota, and refuses the deployment
+    /// when the artifacts of running deployments leave no room for them.
+    async fn make_room(&self, pins: &[Pin]) -> Result<(), Failure> {
+        let Some(blobs) = self.artifacts.blobs().cloned() else {
+            return Ok(());
+        };
+        let mut needed = 0u64;
+        let mut referenced = self.referenced();
+        for pin in pins {
+            if let Some(hex) = super::store::sha256_hex(&pin.digest) {
+                if blobs.size(hex).is_none() && referenced.insert(hex.to_owned()) {
+                    needed += pin.size;
+                }
+            }
+        }
+        if needed == 0 {
+            return Ok(());
+        }
+        let quota = self.gc.quota;
+        let policy = GcPolicy {
+            quota: quota.saturating_sub(needed),
+            grace: self.gc.grace,
+        };
+        let aot = self.aot.clone();
+        let used = tokio::task::spawn_blocking(move || {
+            collect_garbage(&blobs, &aot, &referenced, policy, SystemTime::now()).used
+        })
+        .await
+        .unwrap_or(0);
+        if used.saturating_add(needed) > quota {
+            let component = pins.first().map(|p| p.component.as_str()).unwrap_or("");
+            return Err(Failure::new(
+                "wasmgate.storage",
+                format!(
+                    "component {component}: {} more bytes of artifacts do not fit in the cache quota ([artifacts] cache-quota = {}); running deployments use {}",
+                    ByteSize(needed),
+                    ByteSize(quota),
+                    ByteSize(used)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Removes artifacts and compiled code that no applied deployment references,
     /// once unused for the grace period (sooner when over the quota).
     async fn collect_garbage(&mut self) {
         let Some(blobs) = self.artifacts.blobs().cloned() else {
             return;
         };
-        let referenced: BTreeSet<String> = self
-            .applied
-            .values()
-            .flat_map(|a| a.pins.iter())
-            .chain(self.persisted.values().flat_map(|r| r.pins.iter()))
-            .filter_map(|p| super::store::sha256_hex(&p.digest).map(str::to_owned))
-            .collect();
+        let referenced = self.referenced();
         let (aot, policy) = (self.aot.clone(), self.gc);
         let report = tokio::task::spawn_blocking(move || {
             collect_garbage(&blobs, &aot, &referenced, policy, SystemTime::now())
@@ -667,6 +716,9 @@ impl Reconciler {
         self.set_state(&item, &deployment, DeploymentState::Pending, None);
         self.set_state(&item, &deployment, DeploymentState::Installing, None);
         let pins: Vec<Pin> = resolved.iter().map(|r| r.pin.clone()).collect();
+        if let Err(failure) = self.make_room(&pins).await {
+            return self.fail(&item, &deployment, failure);
+        }
         let mut artifacts: Vec<Artifact> = Vec::new();
         for (c, r) in deployment.components.iter().zip(resolved) {
             match self.artifacts.load(r).await {

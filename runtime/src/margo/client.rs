@@ -117,6 +117,15 @@ impl WfmClient {
     ) -> anyhow::Result<Self> {
         let state_dir = config.state_dir.join("wfm");
         std::fs::create_dir_all(&state_dir)?;
+        // Temp files of writes a crash interrupted; the renamed-in files are intact.
+        for dir in [
+            state_dir.clone(),
+            state_dir.join("documents"),
+            state_dir.join("outbox/queue"),
+            state_dir.join("outbox"),
+        ] {
+            let _ = crate::fsutil::remove_stale_temps(&dir);
+        }
         let transport = Transport::new(&settings, &state_dir).await?;
         let state = SyncState::open(&state_dir)?;
         let outbox = Outbox::open(&state_dir.join("outbox"))?;

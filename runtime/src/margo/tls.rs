@@ -161,7 +161,7 @@ impl TrustAnchors {
         self.len() == 0
     }
 
-    fn snapshot(&self) -> Vec<CertificateDer<'static>> {
+    pub(crate) fn snapshot(&self) -> Vec<CertificateDer<'static>> {
         self.certs.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }

@@ -561,6 +561,48 @@ mod tests {
     use super::*;
     use httpsig_hyper::prelude::PublicKey;
 
+    fn bundle(sequence: Option<u64>) -> TrustBundle {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        TrustBundle {
+            anchors: vec![cert.der().clone()],
+            sequence,
+            refresh_hint: None,
+        }
+    }
+
+    /// Bundles replace each other as a whole, and `spiffe_sequence` never goes back.
+    #[test]
+    fn bundle_sequence_never_goes_back() {
+        let rc3 = Rc3 {
+            discovery: None,
+            svid_cert: PathBuf::new(),
+            svid_key: PathBuf::new(),
+            trust_file: None,
+            anchors: TrustAnchors::new(Vec::new()),
+            bundle_sequence: Mutex::new(None),
+            cached: Mutex::new(None),
+            identity: Mutex::new(None),
+        };
+        assert!(rc3.accept_bundle(bundle(Some(5))).unwrap());
+        let five = rc3.anchors.snapshot();
+        assert!(rc3.accept_bundle(bundle(Some(4))).is_err());
+        assert!(
+            !rc3.accept_bundle(bundle(Some(5))).unwrap(),
+            "same sequence is no change"
+        );
+        assert_eq!(
+            rc3.anchors.snapshot(),
+            five,
+            "a refused bundle must not change the anchors"
+        );
+        assert!(rc3.accept_bundle(bundle(Some(6))).unwrap());
+        assert_eq!(rc3.anchors.len(), 1, "replaced, not merged");
+        assert_ne!(rc3.anchors.snapshot(), five);
+    }
+
     /// The signing crate builds signature bases exactly as RFC 9421 §2.5 shows.
     #[tokio::test]
     async fn signature_base_matches_rfc9421_example() {
