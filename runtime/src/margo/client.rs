@@ -334,10 +334,10 @@ impl WfmClient {
             .transport
             .send(::http::Method::PUT, &url, &[], Some(body), 64 << 10)
             .await?;
-        Ok(response.status).and_then(|status| match status {
-            200 | 201 => Ok(status),
+        match response.status {
+            200 | 201 => Ok(response.status),
             _ => Err(refused(format!("PUT capabilities/{device}"), &response)),
-        })
+        }
     }
 
     /// Sends the capabilities of every target, parent first; only what changed once

@@ -141,13 +141,8 @@ impl Transport {
                     cached: Mutex::new(None),
                     identity: Mutex::new(None),
                 };
-                if let Some(file) = &rc3.trust_file {
-                    let bytes = std::fs::read(file).map_err(|e| TlsError::Read {
-                        what: "trust bundle",
-                        path: file.display().to_string(),
-                        message: e.to_string(),
-                    })?;
-                    rc3.accept_bundle(TrustBundle::parse(&bytes)?)?;
+                if rc3.trust_file.is_some() {
+                    rc3.reload_trust_file()?;
                 } else if let Ok(bytes) = std::fs::read(state_dir.join("trust-bundle.json")) {
                     // Offline start: the last bundle fetched through discovery.
                     if let Ok(bundle) = TrustBundle::parse(&bytes) {
@@ -303,17 +298,10 @@ impl Transport {
         Ok(())
     }
 
-    /// Re-reads a file trust bundle when it changed; a no-op otherwise.
+    /// Re-reads a file trust bundle (an unchanged one changes nothing).
     pub fn refresh_trust_file(&self) -> Result<(), TransportError> {
         if let Profiled::Rc3(rc3) = &self.profile {
-            if let Some(file) = &rc3.trust_file {
-                let bytes = std::fs::read(file).map_err(|e| TlsError::Read {
-                    what: "trust bundle",
-                    path: file.display().to_string(),
-                    message: e.to_string(),
-                })?;
-                rc3.accept_bundle(TrustBundle::parse(&bytes)?)?;
-            }
+            rc3.reload_trust_file()?;
         }
         Ok(())
     }
@@ -368,6 +356,19 @@ impl Rc3 {
         *self.identity.lock().unwrap_or_else(|e| e.into_inner()) = Some(identity);
         *cached = Some((stamp, config.clone()));
         Ok(config)
+    }
+
+    fn reload_trust_file(&self) -> Result<(), TlsError> {
+        let Some(file) = &self.trust_file else {
+            return Ok(());
+        };
+        let bytes = std::fs::read(file).map_err(|e| TlsError::Read {
+            what: "trust bundle",
+            path: file.display().to_string(),
+            message: e.to_string(),
+        })?;
+        self.accept_bundle(TrustBundle::parse(&bytes)?)?;
+        Ok(())
     }
 
     fn accept_bundle(&self, bundle: TrustBundle) -> Result<bool, TlsError> {
