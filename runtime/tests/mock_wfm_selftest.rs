@@ -32,7 +32,7 @@ fn new_pki() -> Pki {
 }
 
 fn examples() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/spec/examples")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/margo/examples")
 }
 
 fn example(name: &str) -> Vec<u8> {

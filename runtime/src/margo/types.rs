@@ -327,17 +327,14 @@ mod tests {
 
     #[test]
     fn spec_example_manifests_parse() {
-        let spec = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/spec/examples/");
-        if let Ok(body) = std::fs::read(format!("{spec}state-manifest.json")) {
-            let m = StateManifest::parse(&body).unwrap();
-            assert_eq!(m.version, 43);
-            assert_eq!(m.deployments.len(), 3);
-            let empty = StateManifest::parse(
-                &std::fs::read(format!("{spec}state-manifest-empty.json")).unwrap(),
-            )
-            .unwrap();
-            assert!(empty.bundle.is_none() && empty.deployments.is_empty());
-        }
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/margo/examples/");
+        let body = std::fs::read(format!("{dir}state-manifest.json")).unwrap();
+        let m = StateManifest::parse(&body).unwrap();
+        assert_eq!(m.version, 43);
+        assert_eq!(m.deployments.len(), 3);
+        let empty = std::fs::read(format!("{dir}state-manifest-empty.json")).unwrap();
+        let empty = StateManifest::parse(&empty).unwrap();
+        assert!(empty.bundle.is_none() && empty.deployments.is_empty());
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! (`/api/v1/bundles/sha256:...`), i.e. the client appends them to its base URL.
 //!
 //! Request bodies are validated against the component schemas of the OpenAPI documents in
-//! `shared/spec/data` (loaded at run time, with the two known-defect patches that
+//! `tests/data/margo/data` (copies of the Margo OpenAPI files, loaded at run time, with the two known-defect patches that
 //! `shared/spec/examples/validate_examples.py` applies). Every strictness failure is
 //! answered with an RFC 9457 problem and also recorded in [`MockWfm::violations`].
 //!
@@ -543,20 +543,19 @@ struct Schemas {
     onboarding: Option<jsonschema::Validator>,
 }
 
-/// `shared/spec/data`, found relative to this crate.
+/// The Margo OpenAPI documents kept with the tests (`tests/data/margo/data`).
 pub fn spec_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/spec/data")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/margo/data")
 }
 
-/// Loads an OpenAPI document of `shared/spec/data` as JSON, with the in-memory patches of
+/// Loads an OpenAPI document of `tests/data/margo/data` as JSON, with the in-memory patches of
 /// `validate_examples.py` applied. Panics (loudly) when the file is missing.
 pub fn load_openapi(relative: &str) -> Value {
     let path = spec_dir().join(relative);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
         panic!(
             "mock WFM: cannot read the Margo OpenAPI document {} ({e}). The mock validates \
-             bodies against shared/spec/data, which must sit next to the checkout \
-             (CARGO_MANIFEST_DIR/../../shared/spec/data).",
+             bodies against the copies in runtime/tests/data/margo/data.",
             path.display()
         )
     });
