@@ -158,7 +158,7 @@ fn updates_switch_atomically_under_load() {
     std::thread::sleep(Duration::from_millis(300));
 
     // A long request on the old revision, in flight while traffic switches.
-    let slow_url = gate.url("/slow/busy?ms=5000");
+    let slow_url = gate.url("/slow/busy?ms=20000");
     let slow = std::thread::spawn(move || {
         let answer = http_get(&slow_url);
         (answer, Instant::now())
