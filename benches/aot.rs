@@ -11,7 +11,7 @@ use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 use wasmgate::engine::AotCache;
-use wasmgate_benches::{Allocator, OurHost};
+use wasmgate_benches::{paired, Allocator, OurHost};
 use wasmtime::component::Component;
 
 fn aot(c: &mut Criterion) {
@@ -22,28 +22,24 @@ fn aot(c: &mut Criterion) {
 
     for (name, path) in wasmgate_examples::all() {
         let bytes = std::fs::read(path).expect("example component");
-        let mut group = c.benchmark_group(format!("aot/{name}"));
-        group
-            .sampling_mode(SamplingMode::Flat)
-            .sample_size(10)
-            .measurement_time(Duration::from_secs(4));
-        group.bench_function("compile/bare_wasmtime", |b| {
-            b.iter(|| black_box(Component::new(&engine, &bytes).expect("compiles")))
-        });
-        group.bench_function("compile/wasmgate", |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    fresh += 1;
-                    let cache =
-                        AotCache::new(&engine, scratch.path().join(format!("cold-{fresh}")));
-                    let start = Instant::now();
-                    black_box(cache.load_or_compile(&engine, &bytes).expect("compiles"));
-                    total += start.elapsed();
-                }
-                total
-            })
-        });
+        let mut compile_bare = |iters: u64| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                black_box(Component::new(&engine, &bytes).expect("compiles"));
+            }
+            start.elapsed()
+        };
+        let mut compile_ours = |iters: u64| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                fresh += 1;
+                let cache = AotCache::new(&engine, scratch.path().join(format!("cold-{fresh}")));
+                let start = Instant::now();
+                black_box(cache.load_or_compile(&engine, &bytes).expect("compiles"));
+                total += start.elapsed();
+            }
+            total
+        };
 
         let warm_dir = scratch.path().join(format!("warm-{name}"));
         let warm = AotCache::new(&engine, &warm_dir);
@@ -54,15 +50,48 @@ fn aot(c: &mut Criterion) {
             .map(|e| e.path())
             .find(|p| p.extension().is_some_and(|e| e == "cwasm"))
             .expect("one cache entry");
-        group.bench_function("load/bare_wasmtime", |b| {
-            b.iter(|| {
+        let mut load_bare = |iters: u64| {
+            let start = Instant::now();
+            for _ in 0..iters {
                 // SAFETY: written just above by `precompile_component` of this engine.
-                black_box(unsafe { Component::deserialize_file(&engine, &entry) }.expect("loads"))
-            })
+                black_box(unsafe { Component::deserialize_file(&engine, &entry) }.expect("loads"));
+            }
+            start.elapsed()
+        };
+        let mut load_ours = |iters: u64| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                black_box(warm.load_or_compile(&engine, &bytes).expect("loads"));
+            }
+            start.elapsed()
+        };
+
+        let label = format!("aot/{name}");
+        paired(
+            &format!("{label}/compile"),
+            &mut [
+                ("bare_wasmtime", &mut compile_bare),
+                ("wasmgate", &mut compile_ours),
+            ],
+        );
+        paired(
+            &format!("{label}/load"),
+            &mut [
+                ("bare_wasmtime", &mut load_bare),
+                ("wasmgate", &mut load_ours),
+            ],
+        );
+        let mut group = c.benchmark_group(label);
+        group
+            .sampling_mode(SamplingMode::Flat)
+            .sample_size(10)
+            .measurement_time(Duration::from_secs(4));
+        group.bench_function("compile/bare_wasmtime", |b| {
+            b.iter_custom(&mut compile_bare)
         });
-        group.bench_function("load/wasmgate", |b| {
-            b.iter(|| black_box(warm.load_or_compile(&engine, &bytes).expect("loads")))
-        });
+        group.bench_function("compile/wasmgate", |b| b.iter_custom(&mut compile_ours));
+        group.bench_function("load/bare_wasmtime", |b| b.iter_custom(&mut load_bare));
+        group.bench_function("load/wasmgate", |b| b.iter_custom(&mut load_ours));
         group.finish();
     }
 }

@@ -13,7 +13,8 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use std::time::Instant;
 use wasmgate::workload::Exports;
 use wasmgate_benches::{
-    bare, current_thread_runtime, drain, get_request, read_ok, Allocator, OurHost, PLAIN_HELLO,
+    bare, current_thread_runtime, drain, get_request, paired, read_ok, Allocator, OurHost,
+    PLAIN_HELLO,
 };
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
@@ -47,32 +48,39 @@ fn cold_start(c: &mut Criterion) {
             drain(&partition).await;
         });
 
-        let mut group = c.benchmark_group(format!("cold_start/{}", allocator.name()));
-        group.bench_function("bare_wasmtime", |b| {
-            b.iter_custom(|iters| {
-                rt.block_on(async {
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        bare::request(&bare_pre).await.expect("bare request");
-                    }
-                    start.elapsed()
-                })
+        let mut bare_routine = |iters: u64| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    bare::request(&bare_pre).await.expect("bare request");
+                }
+                start.elapsed()
             })
-        });
-        group.bench_function("wasmgate", |b| {
-            b.iter_custom(|iters| {
-                rt.block_on(async {
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        let response = workload.clone().handle_http(get_request(), MAX_BODY).await;
-                        read_ok(response).await.expect("wasmgate request");
-                    }
-                    // The last guest task may still be dropping its store.
-                    drain(&partition).await;
-                    start.elapsed()
-                })
+        };
+        let mut ours_routine = |iters: u64| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let response = workload.clone().handle_http(get_request(), MAX_BODY).await;
+                    read_ok(response).await.expect("wasmgate request");
+                }
+                // The last guest task may still be dropping its store.
+                drain(&partition).await;
+                start.elapsed()
             })
-        });
+        };
+
+        let label = format!("cold_start/{}", allocator.name());
+        paired(
+            &label,
+            &mut [
+                ("bare_wasmtime", &mut bare_routine),
+                ("wasmgate", &mut ours_routine),
+            ],
+        );
+        let mut group = c.benchmark_group(label);
+        group.bench_function("bare_wasmtime", |b| b.iter_custom(&mut bare_routine));
+        group.bench_function("wasmgate", |b| b.iter_custom(&mut ours_routine));
         group.finish();
     }
 }

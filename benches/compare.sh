@@ -116,6 +116,7 @@ run_wrk() { # name round
     errors=$(awk '/Non-2xx or 3xx responses:/ { n += $NF } /Socket errors:/ { gsub(/,/, ""); n += $4 + $6 + $8 + $10 } END { print n + 0 }' "$out")
     echo "$1 $2 $rps $p50 $p99 $errors" >>"$WORK/results"
     say "round $2 $1: $rps req/s, p50 $p50 ms, p99 $p99 ms, errors $errors"
+    if [ "$errors" != 0 ]; then grep -E "Non-2xx|Socket errors" "$out" >&2 || true; fi
 }
 
 say "warm-up (${WARMUP}s each), then $ROUNDS alternating rounds of ${DURATION}s, $CONNECTIONS connections, $WRK_THREADS wrk thread(s)"
@@ -166,6 +167,15 @@ kib_row() { # label wasmtime-kib wasmgate-kib unit-divisor unit
         "$(awk -v v="$3" -v d="$4" -v u="$5" 'BEGIN { printf "%.1f %s", v / d, u }')" \
         "$(awk -v x="$3" -v y="$2" 'BEGIN { printf "%.3gx", x / y }')"
 }
+# The two runs of a round are adjacent in time and share the machine's conditions; the
+# median of the per-round ratios is less exposed to load drift than the ratio of medians.
+pair_row() { # label col
+    local ratios
+    ratios=$(awk -v c="$2" '{ v[$1 " " $2] = $c; r[$2] = 1 } END { for (k in r) if (("wasmtime " k) in v && ("wasmgate " k) in v) print v["wasmgate " k] / v["wasmtime " k] }' "$WORK/results")
+    printf '| %-30s | %-28s | %-28s | %-9s |\n' "$1" "" "($(echo "$ratios" | range | awk -F'[.][.]' '{ printf "%.3g..%.3g", $1, $2 }'))" "$(echo "$ratios" | median | awk '{ printf "%.3gx", $1 }')"
+}
+pair_row "requests/s, per-round ratio" 3
+pair_row "p99, per-round ratio" 5
 kib_row "RSS after start" "${START_RSS[wasmtime]}" "${START_RSS[wasmgate]}" 1024 MiB
 kib_row "peak RSS (VmHWM)" "${PEAK[wasmtime]}" "${PEAK[wasmgate]}" 1024 MiB
 kib_row "virtual address space (VmSize)" "${START_VM[wasmtime]}" "${START_VM[wasmgate]}" 1048576 GiB

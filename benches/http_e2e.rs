@@ -16,7 +16,8 @@ use wasmgate::deploy::{Reconciler, StatusBoard};
 use wasmgate::engine::AotCache;
 use wasmgate::ingress::{self, Ingress};
 use wasmgate_benches::{
-    bare, multi_thread_runtime, serve_static, Allocator, Client, OurHost, PLAIN_HELLO,
+    bare, multi_thread_runtime, paired, serve_static, Allocator, BoxedRoutine, Client, OurHost,
+    Routine, PLAIN_HELLO,
 };
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
@@ -70,20 +71,26 @@ fn http_e2e(c: &mut Criterion) {
         (ours, bare_addr, static_addr, reconciler)
     });
 
-    let mut group = c.benchmark_group("http_e2e");
-    for (name, addr) in [
+    let clients: Vec<(&str, Client)> = [
         ("hyper_static", static_addr),
         ("bare_wasmtime", bare_addr),
         ("wasmgate", ours),
-    ] {
-        let mut client = rt.block_on(async {
+    ]
+    .into_iter()
+    .map(|(name, addr)| {
+        rt.block_on(async {
             let mut client = Client::connect(addr).await.expect("connect");
             let body = client.get("/").await.expect("first request");
             assert_eq!(&body[..], BODY, "{name} answers");
-            client
-        });
-        group.bench_function(name, |b| {
-            b.iter_custom(|iters| {
+            (name, client)
+        })
+    })
+    .collect();
+    let mut routines: Vec<(&str, BoxedRoutine<'_>)> = clients
+        .into_iter()
+        .map(|(name, mut client)| {
+            let rt = &rt;
+            let routine = move |iters: u64| {
                 rt.block_on(async {
                     let start = Instant::now();
                     for _ in 0..iters {
@@ -91,8 +98,22 @@ fn http_e2e(c: &mut Criterion) {
                     }
                     start.elapsed()
                 })
-            })
-        });
+            };
+            (name, Box::new(routine) as BoxedRoutine<'_>)
+        })
+        .collect();
+    // Baseline first: bare_wasmtime, then the static floor and wasmgate.
+    routines.swap(0, 1);
+    {
+        let mut variants: Vec<(&str, Routine<'_>)> = routines
+            .iter_mut()
+            .map(|(name, routine)| (*name, routine.as_mut() as Routine<'_>))
+            .collect();
+        paired("http_e2e", &mut variants);
+    }
+    let mut group = c.benchmark_group("http_e2e");
+    for (name, routine) in routines.iter_mut() {
+        group.bench_function(*name, |b| b.iter_custom(&mut *routine));
     }
     group.finish();
 }

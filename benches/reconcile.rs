@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmgate::deploy::{local, DeploymentState, Reconciler, StatusBoard};
 use wasmgate::engine::AotCache;
-use wasmgate_benches::{bare, deployment_yaml, Allocator, OurHost, PLAIN_HELLO};
+use wasmgate_benches::{bare, deployment_yaml, paired, Allocator, OurHost, PLAIN_HELLO};
 use wasmtime::component::Component;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
@@ -101,30 +101,39 @@ fn reconcile_benches(c: &mut Criterion) {
     for count in SIZES {
         let dir = scratch.path().join(format!("deployments-{count}"));
         write_deployments(&dir, count, &component_path);
-        group.bench_with_input(
-            BenchmarkId::new("apply/bare_wasmtime", count),
-            &count,
-            |b, &n| b.iter(|| bare_deploy(n)),
+        let mut bare_routine = |iters: u64| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                bare_deploy(count);
+            }
+            start.elapsed()
+        };
+        let mut ours_routine = |iters: u64| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let mut r = reconciler(&host, &aot_dir);
+                let start = Instant::now();
+                rt.block_on(reconcile(&mut r, &dir));
+                total += start.elapsed();
+                assert_installed(&r, count);
+                // Tearing down the deployments is not part of applying them.
+                drop(r);
+            }
+            total
+        };
+        paired(
+            &format!("reconcile/apply/{count}"),
+            &mut [
+                ("bare_wasmtime", &mut bare_routine),
+                ("wasmgate", &mut ours_routine),
+            ],
         );
-        group.bench_with_input(
-            BenchmarkId::new("apply/wasmgate", count),
-            &count,
-            |b, &n| {
-                b.iter_custom(|iters| {
-                    let mut total = Duration::ZERO;
-                    for _ in 0..iters {
-                        let mut r = reconciler(&host, &aot_dir);
-                        let start = Instant::now();
-                        rt.block_on(reconcile(&mut r, &dir));
-                        total += start.elapsed();
-                        assert_installed(&r, n);
-                        // Tearing down 1000 deployments is not part of applying them.
-                        drop(r);
-                    }
-                    total
-                })
-            },
-        );
+        group.bench_function(BenchmarkId::new("apply/bare_wasmtime", count), |b| {
+            b.iter_custom(&mut bare_routine)
+        });
+        group.bench_function(BenchmarkId::new("apply/wasmgate", count), |b| {
+            b.iter_custom(&mut ours_routine)
+        });
     }
 
     let dir = scratch.path().join("deployments-1000");
@@ -132,26 +141,40 @@ fn reconcile_benches(c: &mut Criterion) {
     rt.block_on(reconcile(&mut r, &dir));
     assert_installed(&r, 1000);
     let mut version = 0u64;
+    let mut bare_routine = |iters: u64| {
+        let start = Instant::now();
+        for _ in 0..iters {
+            bare_deploy(1);
+        }
+        start.elapsed()
+    };
+    let mut ours_routine = |iters: u64| {
+        let mut total = Duration::ZERO;
+        for _ in 0..iters {
+            version += 1;
+            let yaml = deployment_yaml(500, PARTITIONS, &component_path, &format!("Hi{version}"));
+            std::fs::write(dir.join("d0500.yaml"), yaml).unwrap();
+            let start = Instant::now();
+            rt.block_on(reconcile(&mut r, &dir));
+            total += start.elapsed();
+        }
+        total
+    };
+    paired(
+        "reconcile/change_1_of_1000",
+        &mut [
+            ("bare_wasmtime", &mut bare_routine),
+            ("wasmgate", &mut ours_routine),
+        ],
+    );
     group.bench_function("change_1_of_1000/bare_wasmtime", |b| {
-        b.iter(|| bare_deploy(1))
+        b.iter_custom(&mut bare_routine)
     });
     group.bench_function("change_1_of_1000/wasmgate", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                version += 1;
-                let yaml =
-                    deployment_yaml(500, PARTITIONS, &component_path, &format!("Hi{version}"));
-                std::fs::write(dir.join("d0500.yaml"), yaml).unwrap();
-                let start = Instant::now();
-                rt.block_on(reconcile(&mut r, &dir));
-                total += start.elapsed();
-            }
-            total
-        })
+        b.iter_custom(&mut ours_routine)
     });
-    assert_installed(&r, 1000);
     group.finish();
+    assert_installed(&r, 1000);
 }
 
 criterion_group!(benches, reconcile_benches);

@@ -471,3 +471,116 @@ pub mod bare {
         Timer(Tick),
     }
 }
+
+/// A timed routine: runs `iters` iterations, returns the time they took.
+pub type Routine<'a> = &'a mut dyn FnMut(u64) -> Duration;
+/// An owned [`Routine`].
+pub type BoxedRoutine<'a> = Box<dyn FnMut(u64) -> Duration + 'a>;
+
+/// Interleaved A/B timing, the source of the ratios in `BENCHMARKS.md`.
+///
+/// Criterion times one function after the other; on a shared 2-core machine the load of
+/// other processes drifts between those windows and moves the ratio. Here every round
+/// times a batch (about 10 ms) of each variant in turn, rotating the order, so all
+/// variants see the same conditions; the ratio of each variant to the first (the
+/// baseline) is taken per round, and its median and interquartile range are printed.
+///
+/// Runs 30 rounds (10 with `--quick`); skipped when a criterion filter is given that does
+/// not match `label`. With `WASMGATE_PAIRED_OUT=FILE` the lines are appended to FILE too.
+pub fn paired(label: &str, variants: &mut [(&str, Routine<'_>)]) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--list" || a == "--test") {
+        return;
+    }
+    let filters: Vec<&String> = args
+        .iter()
+        .filter(|a| !a.starts_with('-') && a.parse::<f64>().is_err())
+        .collect();
+    if !filters.is_empty() && !filters.iter().any(|f| label.contains(f.as_str())) {
+        return;
+    }
+    let rounds = if args.iter().any(|a| a == "--quick") {
+        10
+    } else {
+        30
+    };
+    const ROUND: Duration = Duration::from_millis(10);
+
+    // Calibrate a batch size per variant (this also warms it up).
+    let batches: Vec<u64> = variants
+        .iter_mut()
+        .map(|(_, routine)| {
+            let mut iters = 1u64;
+            loop {
+                let took = routine(iters);
+                if took >= ROUND / 2 || iters >= 1 << 24 {
+                    let per = took.as_secs_f64() / iters as f64;
+                    return ((ROUND.as_secs_f64() / per) as u64).max(1);
+                }
+                iters *= 2;
+            }
+        })
+        .collect();
+    let n = variants.len();
+    let mut per_iter = vec![Vec::with_capacity(rounds); n];
+    for round in 0..rounds {
+        for k in 0..n {
+            let v = (round + k) % n;
+            let took = (variants[v].1)(batches[v]);
+            per_iter[v].push(took.as_secs_f64() / batches[v] as f64);
+        }
+    }
+
+    let quantile = |values: &mut Vec<f64>, q: f64| {
+        values.sort_by(f64::total_cmp);
+        let pos = q * (values.len() - 1) as f64;
+        let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+        values[lo] + (values[hi] - values[lo]) * (pos - lo as f64)
+    };
+    let mut lines = vec![format!(
+        "paired {label}: {rounds} interleaved rounds; median time per iteration; ratio to {} per round: median (interquartile range)",
+        variants[0].0
+    )];
+    for v in 0..n {
+        let mut times = per_iter[v].clone();
+        let median = quantile(&mut times, 0.5);
+        let mut line = format!("  {:<40} {:>12}", variants[v].0, human(median));
+        if v > 0 {
+            let mut ratios: Vec<f64> = (0..rounds)
+                .map(|r| per_iter[v][r] / per_iter[0][r])
+                .collect();
+            line.push_str(&format!(
+                "   {:.3}x ({:.3}..{:.3})",
+                quantile(&mut ratios, 0.5),
+                quantile(&mut ratios, 0.25),
+                quantile(&mut ratios, 0.75)
+            ));
+        }
+        lines.push(line);
+    }
+    let text = lines.join("\n") + "\n";
+    print!("{text}");
+    if let Some(path) = std::env::var_os("WASMGATE_PAIRED_OUT") {
+        use std::io::Write;
+        if let Ok(mut file) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = file.write_all(text.as_bytes());
+        }
+    }
+}
+
+/// `seconds` with a unit a person reads at a glance.
+fn human(seconds: f64) -> String {
+    if seconds >= 1.0 {
+        format!("{seconds:.3} s")
+    } else if seconds >= 1e-3 {
+        format!("{:.3} ms", seconds * 1e3)
+    } else if seconds >= 1e-6 {
+        format!("{:.2} us", seconds * 1e6)
+    } else {
+        format!("{:.1} ns", seconds * 1e9)
+    }
+}

@@ -449,15 +449,19 @@ fn main() -> anyhow::Result<()> {
         summary(&mut idle.rss0, "MiB", 1)
     );
     println!(
-        "| RSS, 10 deployments, no traffic yet | {} |",
+        "| RSS, 10 deployments just compiled in this process (cold AOT cache) | {} |",
+        summary(&mut idle.rss10_compiled, "MiB", 1)
+    );
+    println!(
+        "| RSS, 10 deployments after a restart (warm AOT cache), no traffic yet | {} |",
         summary(&mut idle.rss10, "MiB", 1)
     );
     println!(
-        "| RSS, 10 deployments, after one request each | {} |",
+        "| RSS, the same after one request to each | {} |",
         summary(&mut idle.rss10_used, "MiB", 1)
     );
     println!(
-        "| RSS, 100 deployments | {} |",
+        "| RSS, 100 deployments (90 more added after the restart) | {} |",
         summary(&mut idle.rss100, "MiB", 1)
     );
     println!(
@@ -465,7 +469,7 @@ fn main() -> anyhow::Result<()> {
         summary(&mut idle.per_deployment, "KiB", 0)
     );
     println!(
-        "| peak RSS (VmHWM) over the run | {} |",
+        "| peak RSS (VmHWM) of the restarted process | {} |",
         summary(&mut idle.hwm, "MiB", 1)
     );
     println!(

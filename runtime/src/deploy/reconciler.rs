@@ -308,11 +308,10 @@ impl Reconciler {
         for key in self.status.keys() {
             if !sources.contains(&key) {
                 // A deployment that never ran (it failed) leaves too: say so once.
-                let gone = self.status.snapshot().deployments.into_iter().find(|d| {
-                    d.source == key
-                        && d.deployment_id.is_some()
-                        && d.state != DeploymentState::Removed
-                });
+                let gone = self
+                    .status
+                    .get(&key)
+                    .filter(|d| d.deployment_id.is_some() && d.state != DeploymentState::Removed);
                 if let Some(mut last) = gone {
                     last.state = DeploymentState::Removed;
                     last.error = None;
@@ -702,10 +701,8 @@ impl Reconciler {
                     self.set_installed(&deployment.id);
                 } else if self
                     .status
-                    .snapshot()
-                    .deployments
-                    .iter()
-                    .any(|d| d.source == item.source && d.state != DeploymentState::Installed)
+                    .get(&item.source)
+                    .is_some_and(|d| d.state != DeploymentState::Installed)
                 {
                     // Back to what runs after a failed update: report it installed again.
                     self.set_installed(&deployment.id);

@@ -95,6 +95,12 @@ impl StatusBoard {
         board.entries.remove(key);
     }
 
+    /// The current status of one source, without copying the whole board.
+    pub fn get(&self, key: &str) -> Option<DeploymentStatus> {
+        let board = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        board.entries.get(key).cloned()
+    }
+
     pub fn keys(&self) -> Vec<String> {
         let board = self.inner.read().unwrap_or_else(|e| e.into_inner());
         board.entries.keys().cloned().collect()
