@@ -302,7 +302,7 @@ pub mod bare {
     use bytes::Bytes;
     use http_body_util::{BodyExt, Empty};
     use std::convert::Infallible;
-    use wasmtime::component::{ComponentType, Linker, Lower, ResourceTable};
+    use wasmtime::component::{Linker, ResourceTable};
     use wasmtime::{Engine, Store};
     use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
     use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
@@ -452,24 +452,9 @@ pub mod bare {
             .map_err(|code| anyhow::anyhow!("guest error {code:?}"))
     }
 
-    /// `margo:edge/event-handler.tick`, lowered by the baseline itself.
-    #[derive(Debug, Clone, Copy, ComponentType, Lower)]
-    #[component(record)]
-    pub struct Tick {
-        pub sequence: u64,
-        #[component(name = "scheduled-at-ms")]
-        pub scheduled_at_ms: u64,
-        #[component(name = "period-ms")]
-        pub period_ms: u64,
-    }
-
-    /// `margo:edge/event-handler.trigger`
-    #[derive(Debug, Clone, Copy, ComponentType, Lower)]
-    #[component(variant)]
-    pub enum Trigger {
-        #[component(name = "timer")]
-        Timer(Tick),
-    }
+    /// The `margo:edge/event-handler` types are plain component values, the same for
+    /// the baseline and the host.
+    pub use wasmgate::workload::{Tick, Trigger};
 }
 
 /// A timed routine: runs `iters` iterations, returns the time they took.

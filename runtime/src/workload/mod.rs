@@ -8,7 +8,7 @@ mod http;
 mod outbound;
 mod state;
 
-pub use event::{EventExport, Tick};
+pub use event::{EventExport, Tick, Trigger};
 pub use http::{error_response, ResponseBody};
 pub use outbound::OutboundPolicy;
 pub use state::InstanceState;
