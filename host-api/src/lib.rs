@@ -68,7 +68,7 @@ pub struct WasmgateCtx {
     /// Values for `wasi:config/store`.
     pub config: Arc<ConfigVars>,
     /// The deployment's key-value namespace; `None` denies `wasi:keyvalue` with
-    /// `access-denied` (e.g. `wasmgate run` without a state directory).
+    /// `access-denied` (for embedders that give a guest no store).
     pub kv: Option<KvScope>,
     /// Fields attached to every log line the guest emits.
     pub log: Arc<LogContext>,
