@@ -3,11 +3,15 @@
 //! instance from the pool; nothing a guest does survives its call except what it wrote
 //! through the platform services.
 
+mod body;
 mod event;
 mod http;
 mod outbound;
 mod state;
 
+pub use body::{
+    BodyRate, GRACE as BODY_GRACE, MIN_RATE as BODY_MIN_RATE, PREFETCH as BODY_PREFETCH,
+};
 pub use event::{EventExport, Tick, Trigger};
 pub use http::{error_response, ResponseBody};
 pub use outbound::OutboundPolicy;

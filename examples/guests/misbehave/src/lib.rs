@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use guest_kit::exports::wasi::http::incoming_handler::Guest;
 use guest_kit::wasi::http::types::{IncomingRequest, ResponseOutparam};
+use guest_kit::wasi::io::streams::StreamError;
 use guest_kit::{query_param, request_path, respond_text};
 
 const MIB: usize = 1 << 20;
@@ -107,6 +108,24 @@ fn busy(ms: u64) -> u64 {
     iterations
 }
 
+/// Reads the whole request body, however slowly it arrives, and returns its size.
+fn drain(request: IncomingRequest) -> Result<u64, String> {
+    let body = request
+        .consume()
+        .map_err(|()| "the body was already taken".to_string())?;
+    let stream = body
+        .stream()
+        .map_err(|()| "the body stream was already taken".to_string())?;
+    let mut total = 0u64;
+    loop {
+        match stream.blocking_read(64 * 1024) {
+            Ok(chunk) => total += chunk.len() as u64,
+            Err(StreamError::Closed) => return Ok(total),
+            Err(StreamError::LastOperationFailed(err)) => return Err(err.to_debug_string()),
+        }
+    }
+}
+
 struct Misbehave;
 
 impl Guest for Misbehave {
@@ -130,6 +149,10 @@ impl Guest for Misbehave {
                 let iterations = busy(ms);
                 respond_text(out, 200, &format!("iterations: {iterations}\n"));
             }
+            "drain" => match drain(request) {
+                Ok(bytes) => respond_text(out, 200, &format!("read {bytes} bytes\n")),
+                Err(err) => respond_text(out, 400, &format!("reading the body: {err}\n")),
+            },
             _ => respond_text(out, 404, &format!("unknown behaviour {action:?}\n")),
         }
     }
