@@ -268,5 +268,6 @@ pub fn single_component_document(component: &std::path::Path) -> anyhow::Result<
         source: path.display().to_string(),
         base_dir: path.parent().map(|p| p.to_owned()).unwrap_or_default(),
         yaml: serde_json::to_vec(&document)?,
+        expected_id: None,
     })
 }

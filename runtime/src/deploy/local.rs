@@ -52,6 +52,7 @@ pub fn scan(dir: &Path, watched_files: &[PathBuf]) -> std::io::Result<Scan> {
             source: path.display().to_string(),
             base_dir: path.parent().map(Path::to_owned).unwrap_or_default(),
             yaml,
+            expected_id: None,
         });
     }
     for file in watched_files {

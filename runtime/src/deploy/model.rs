@@ -14,12 +14,26 @@ use std::time::Duration;
 pub struct ModelError {
     pub field: String,
     pub message: String,
+    /// A valid document of a deployment type wasmgate does not run (`helm`, `compose`).
+    pub unsupported_type: bool,
+}
+
+impl ModelError {
+    /// The status code reported for this problem.
+    pub fn code(&self) -> &'static str {
+        if self.unsupported_type {
+            "wasmgate.unsupported-type"
+        } else {
+            "wasmgate.invalid"
+        }
+    }
 }
 
 fn model_err(field: impl Into<String>, message: impl Into<String>) -> ModelError {
     ModelError {
         field: field.into(),
         message: message.into(),
+        unsupported_type: false,
     }
 }
 
@@ -179,6 +193,75 @@ fn warn_unknown(at: &str, other: &BTreeMap<String, Value>) {
     }
 }
 
+/// What a deployment document still tells when it fails validation, so that its failed
+/// status names the deployment, its components and its target as a WFM expects.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outline {
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub device_id: Option<String>,
+    pub components: Vec<String>,
+}
+
+/// A `deviceId` that names one partition (`DEVICE/PARTITION`), not the host's choice.
+pub fn directed_target(device_id: Option<&str>) -> Option<String> {
+    device_id
+        .filter(|d| !d.ends_with("/*") && d.contains('/'))
+        .map(str::to_owned)
+}
+
+/// At most this many component names are taken from a document that failed.
+const OUTLINE_COMPONENTS: usize = 64;
+
+impl Outline {
+    /// Reads what it can from `bytes`, ignoring everything that is not as expected:
+    /// only values that would pass validation are kept.
+    pub fn of_yaml(bytes: &[u8]) -> Self {
+        let Ok(doc) = serde_norway::from_slice::<Value>(bytes) else {
+            return Self::default();
+        };
+        let text = |pointer: &str| doc.pointer(pointer).and_then(Value::as_str);
+        let components = doc
+            .pointer("/spec/deploymentProfile/components")
+            .and_then(Value::as_array)
+            .map(|list| {
+                list.iter()
+                    .filter_map(|c| c.get("name").and_then(Value::as_str))
+                    .filter(|n| is_component_name(n))
+                    .take(OUTLINE_COMPONENTS)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            id: text("/id").filter(|id| is_uuid(id)).map(str::to_owned),
+            name: text("/metadata/name")
+                .filter(|n| !n.trim().is_empty() && n.len() <= 253)
+                .map(str::to_owned),
+            device_id: text("/metadata/deviceId")
+                .filter(|d| is_valid_device_id(d))
+                .map(str::to_owned),
+            components,
+        }
+    }
+
+    /// The partition the document names directly (`DEVICE/PARTITION`), if any.
+    pub fn directed_target(&self) -> Option<String> {
+        directed_target(self.device_id.as_deref())
+    }
+}
+
+impl From<&Deployment> for Outline {
+    fn from(d: &Deployment) -> Self {
+        Self {
+            id: Some(d.id.clone()),
+            name: Some(d.name.clone()),
+            device_id: d.device_id.clone(),
+            components: d.components.iter().map(|c| c.name.clone()).collect(),
+        }
+    }
+}
+
 /// Shortest timer period accepted: faster timers are a busy loop in disguise.
 pub const MIN_TIMER_PERIOD: Duration = Duration::from_millis(100);
 
@@ -260,10 +343,13 @@ impl Deployment {
         match profile.kind.as_deref() {
             Some("custom") => {}
             Some(other) => {
-                return Err(model_err(
-                    "spec.deploymentProfile.type",
-                    format!("{other:?} is not supported: wasmgate runs `custom` (WebAssembly component) deployments"),
-                ))
+                return Err(ModelError {
+                    unsupported_type: true,
+                    ..model_err(
+                        "spec.deploymentProfile.type",
+                        format!("{other:?} is not supported: wasmgate runs `custom` (WebAssembly component) deployments"),
+                    )
+                })
             }
             None => return Err(model_err("spec.deploymentProfile.type", "missing; expected `custom`")),
         }

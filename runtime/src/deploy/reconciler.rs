@@ -4,7 +4,7 @@
 //! leaves the previous version serving.
 
 use super::artifact::{Artifact, ArtifactError, Artifacts, Resolved};
-use super::model::{ComponentSpec, Deployment};
+use super::model::{ComponentSpec, Deployment, Outline};
 use super::placement::{place, PlacementError, Requirement};
 use super::status::{ComponentStatus, DeploymentState, DeploymentStatus, StatusBoard, StatusError};
 use super::store::{collect_garbage, document_digest, AppliedRecord, AppliedStore, GcPolicy, Pin};
@@ -28,6 +28,9 @@ pub struct DesiredDeployment {
     /// Relative component paths resolve against this folder.
     pub base_dir: PathBuf,
     pub yaml: Vec<u8>,
+    /// The `id` the document must declare, when its origin names it (a WFM manifest
+    /// lists each YAML under a `deploymentId`). A different id fails this deployment.
+    pub expected_id: Option<String>,
 }
 
 /// A failure to apply one deployment, with the Margo error code to report.
@@ -261,7 +264,7 @@ impl Reconciler {
                     // A broken edit of a running deployment's file must not take it
                     // down: keep what was applied from that file.
                     let running = self.applied.iter().find(|(_, a)| a.source == item.source);
-                    let mut failure = Failure::new("wasmgate.invalid", err.to_string());
+                    let mut failure = Failure::new(err.code(), err.to_string());
                     if let Some((id, applied)) = running {
                         kept.insert(id.clone());
                         failure
@@ -271,21 +274,37 @@ impl Reconciler {
                         let partition = applied.partition.device_id.clone();
                         self.report_invalid(
                             &item.source,
-                            Some(&deployment),
+                            &Outline::from(&deployment),
                             Some(&partition),
                             failure,
                         );
                     } else {
-                        self.report_invalid(&item.source, None, None, failure);
+                        let outline = Outline::of_yaml(&item.yaml);
+                        self.report_invalid(&item.source, &outline, None, failure);
                     }
                 }
                 Ok(deployment) => {
+                    if let Some(expected) =
+                        item.expected_id.as_deref().filter(|e| *e != deployment.id)
+                    {
+                        let message = format!(
+                            "id: the document declares {}, but it is listed as deployment {expected}",
+                            deployment.id
+                        );
+                        self.report_invalid(
+                            &item.source,
+                            &Outline::from(&deployment),
+                            None,
+                            Failure::new("wasmgate.id-mismatch", message),
+                        );
+                        continue;
+                    }
                     if let Some((first, _)) = wanted.get(&deployment.id) {
                         let message =
                             format!("id {} is already used by {}", deployment.id, first.source);
                         self.report_invalid(
                             &item.source,
-                            Some(&deployment),
+                            &Outline::from(&deployment),
                             None,
                             Failure::new("wasmgate.duplicate-id", message),
                         );
@@ -375,6 +394,7 @@ impl Reconciler {
                 source: record.source.clone(),
                 base_dir: record.base_dir.clone(),
                 yaml: record.yaml.clone().into_bytes(),
+                expected_id: None,
             };
             self.apply_document(item, deployment, true).await;
         }
@@ -534,7 +554,7 @@ impl Reconciler {
     fn report_invalid(
         &self,
         source: &str,
-        deployment: Option<&Deployment>,
+        outline: &Outline,
         partition: Option<&str>,
         failure: Failure,
     ) {
@@ -542,29 +562,27 @@ impl Reconciler {
         self.status.set(
             source,
             DeploymentStatus {
-                deployment_id: deployment.map(|d| d.id.clone()),
-                name: deployment.map(|d| d.name.clone()),
+                deployment_id: outline.id.clone(),
+                name: outline.name.clone(),
                 source: source.to_owned(),
                 state: DeploymentState::Failed,
                 device_id: partition
                     .map(str::to_owned)
-                    .or_else(|| deployment.and_then(directed_target)),
-                components: deployment
-                    .map(|d| {
-                        d.components
-                            .iter()
-                            .map(|c| ComponentStatus {
-                                name: c.name.clone(),
-                                state: DeploymentState::Failed,
-                                error: (failure.component.as_deref() == Some(c.name.as_str()))
-                                    .then(|| StatusError {
-                                        code: failure.code.into(),
-                                        message: failure.message.clone(),
-                                    }),
-                            })
-                            .collect()
+                    .or_else(|| outline.directed_target()),
+                components: outline
+                    .components
+                    .iter()
+                    .map(|name| ComponentStatus {
+                        name: name.clone(),
+                        state: DeploymentState::Failed,
+                        error: (failure.component.as_deref() == Some(name.as_str())).then(|| {
+                            StatusError {
+                                code: failure.code.into(),
+                                message: failure.message.clone(),
+                            }
+                        }),
                     })
-                    .unwrap_or_default(),
+                    .collect(),
                 error: Some(StatusError {
                     code: failure.code.into(),
                     message: failure.message,
@@ -784,7 +802,7 @@ impl Reconciler {
         }
         self.report_invalid(
             &item.source,
-            Some(deployment),
+            &Outline::from(deployment),
             partition.as_deref(),
             failure,
         );
@@ -1095,8 +1113,5 @@ fn start_timer(workload: Arc<Workload>, every: Duration) -> TimerHandle {
 /// The device a deployment names when it names one (`DEVICE/PARTITION`), so status
 /// reports made before placement still say which target they are about.
 fn directed_target(deployment: &Deployment) -> Option<String> {
-    deployment
-        .device_id
-        .clone()
-        .filter(|d| !d.ends_with("/*") && d.contains('/'))
+    super::model::directed_target(deployment.device_id.as_deref())
 }

@@ -78,6 +78,7 @@ impl AdminState {
             "generation": snapshot.generation,
             "deployments": snapshot.deployments,
             "partitions": partitions,
+            "wfm": self.status.wfm(),
         });
         respond(200, "application/json", format!("{body:#}\n"))
     }
