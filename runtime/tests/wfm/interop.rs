@@ -49,11 +49,27 @@ fn rc2_signatures_verify_with_the_reference_fixed_order_verifier() {
         },
     );
     let gate = s.sandbox.up(&s.config);
-    s.mock
-        .set_deployments(&[(HELLO_ID, hello_yaml("edge-01/apps", "Signed"))]);
+    // Two new deployments: the bundle path; then one changed: the single-YAML path.
+    s.mock.set_deployments(&[
+        (HELLO_ID, hello_yaml("edge-01/apps", "Bundled")),
+        (COUNTER_ID, counter_yaml("edge-01/apps")),
+    ]);
+    wait_state(&s.mock, COUNTER_ID, "installed", s.mock.manifest_version());
+    s.mock.set_deployments(&[
+        (HELLO_ID, hello_yaml("edge-01/apps", "Signed")),
+        (COUNTER_ID, counter_yaml("edge-01/apps")),
+    ]);
     wait_state(&s.mock, HELLO_ID, "installed", s.mock.manifest_version());
     assert_eq!(gate.get("/hello").1, "Signed, world!\n");
     let requests = s.mock.requests();
+    for kind in ["/bundles/", "/deployments/"] {
+        assert!(
+            requests
+                .iter()
+                .any(|r| r.method == "GET" && r.path.contains(kind) && r.status == 200),
+            "no signed GET of {kind}"
+        );
+    }
     let signed: Vec<_> = requests
         .iter()
         .filter(|r| r.header("signature-input").is_some())
