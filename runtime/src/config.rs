@@ -51,6 +51,39 @@ pub struct HttpConfig {
     /// Largest request body handed to a guest.
     #[serde(default = "default_max_body")]
     pub max_request_body: ByteSize,
+    /// Time to receive a request's headers; also ends idle keep-alive connections.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: HumanDuration,
+    /// Largest request head (request line and headers).
+    #[serde(default = "default_max_header_size")]
+    pub max_header_size: ByteSize,
+    /// Ingress connections served at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+impl HttpConfig {
+    /// The ingress listener's connection limits; the admin listener gets
+    /// [`ConnectionLimits::admin`] of them.
+    pub fn connection_limits(&self) -> crate::ingress::ConnectionLimits {
+        crate::ingress::ConnectionLimits {
+            max_connections: self.max_connections,
+            header_timeout: self.header_timeout.0,
+            max_header_bytes: self.max_header_size.0 as usize,
+        }
+    }
+}
+
+fn default_header_timeout() -> HumanDuration {
+    HumanDuration(crate::ingress::ConnectionLimits::DEFAULT_HEADER_TIMEOUT)
+}
+
+fn default_max_header_size() -> ByteSize {
+    ByteSize(crate::ingress::ConnectionLimits::DEFAULT_MAX_HEADER_BYTES as u64)
+}
+
+fn default_max_connections() -> usize {
+    crate::ingress::ConnectionLimits::DEFAULT_MAX_CONNECTIONS
 }
 
 impl Default for HttpConfig {
@@ -59,6 +92,9 @@ impl Default for HttpConfig {
             listen: default_listen(),
             admin: None,
             max_request_body: default_max_body(),
+            header_timeout: default_header_timeout(),
+            max_header_size: default_max_header_size(),
+            max_connections: default_max_connections(),
         }
     }
 }
@@ -330,6 +366,16 @@ impl Config {
             return invalid("watch-interval: expected at least 50ms".into());
         }
         self.validate_registries()?;
+        let http = &self.http;
+        if http.header_timeout.0 < Duration::from_millis(100) {
+            return invalid("[http] header-timeout: expected at least 100ms".into());
+        }
+        if !(1024..=(1 << 20)).contains(&http.max_header_size.0) {
+            return invalid("[http] max-header-size: expected 1Ki to 1Mi".into());
+        }
+        if !(1..=1_000_000).contains(&http.max_connections) {
+            return invalid("[http] max-connections: expected 1 to 1000000".into());
+        }
         let device_id = self.device_id();
         if !is_valid_id_segment(&device_id) {
             return invalid(format!(

@@ -110,7 +110,8 @@ impl Host {
             routes: self.routes.clone(),
             max_body: self.config.http.max_request_body.0,
         };
-        tokio::spawn(ingress::serve(listener, ingress));
+        let limits = self.config.http.connection_limits();
+        tokio::spawn(ingress::serve(listener, limits, ingress));
         if let Some(admin) = self.config.http.admin {
             let listener = tokio::net::TcpListener::bind(admin)
                 .await
@@ -118,6 +119,7 @@ impl Host {
             println!("wasmgate: admin on http://{}", listener.local_addr()?);
             tokio::spawn(ingress::serve_admin(
                 listener,
+                limits.admin(),
                 AdminState {
                     device_id: self.config.device_id(),
                     status: self.status.clone(),

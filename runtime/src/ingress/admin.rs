@@ -141,10 +141,15 @@ impl AdminState {
     }
 }
 
-pub async fn serve_admin(listener: TcpListener, state: AdminState) {
+pub async fn serve_admin(
+    listener: TcpListener,
+    limits: super::ConnectionLimits,
+    state: AdminState,
+) {
     let state = Arc::new(state);
     serve_with(
         listener,
+        limits,
         move |req: hyper::Request<hyper::body::Incoming>| {
             let state = state.clone();
             async move { Ok::<_, Infallible>(state.handle(req.uri().path())) }
