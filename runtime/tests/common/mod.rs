@@ -60,20 +60,28 @@ impl Sandbox {
 
     /// Starts `wasmgate up` on this sandbox with ephemeral ports.
     pub fn up(&self, config_toml: &str) -> Wasmgate {
+        self.up_with(Command::new(BIN), config_toml)
+    }
+
+    /// [`Sandbox::up`] with a prepared command for the binary (e.g. resource limits).
+    pub fn up_with(&self, command: Command, config_toml: &str) -> Wasmgate {
         let config = self.config(config_toml);
-        Wasmgate::start(&[
-            "up",
-            "--config",
-            config.to_str().unwrap(),
-            "--deployments",
-            self.deployments().to_str().unwrap(),
-            "--state-dir",
-            self.state().to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-        ])
+        Wasmgate::spawn(
+            command,
+            &[
+                "up",
+                "--config",
+                config.to_str().unwrap(),
+                "--deployments",
+                self.deployments().to_str().unwrap(),
+                "--state-dir",
+                self.state().to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+                "--admin",
+                "127.0.0.1:0",
+            ],
+        )
     }
 }
 
@@ -108,7 +116,12 @@ fn parse_addr(line: &str, marker: &str) -> Option<SocketAddr> {
 
 impl Wasmgate {
     pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
+        Self::spawn(Command::new(BIN), args)
+    }
+
+    /// Starts `command` (the binary, prepared by the caller) with `args`.
+    pub fn spawn(mut command: Command, args: &[&str]) -> Self {
+        let mut child = command
             .args(args)
             .env("WASMGATE_LOG", "info,cranelift=warn,wasmtime=warn")
             .stdout(Stdio::piped())
