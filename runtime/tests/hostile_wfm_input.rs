@@ -274,10 +274,12 @@ fn deployment_with_constraints(value: &str) -> String {
 
 /// The refusal of a deployment document, within the small bounds.
 fn refused_yaml(what: &str, document: &str) -> wasmgate::deploy::model::ModelError {
-    bounded(what, SMALL_TIME, SMALL_MEMORY, || {
+    let err = bounded(what, SMALL_TIME, SMALL_MEMORY, || {
         Deployment::from_yaml(document.as_bytes())
     })
-    .expect_err(what)
+    .expect_err(what);
+    eprintln!("{what}: {err}");
+    err
 }
 
 #[test]
