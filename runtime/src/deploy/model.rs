@@ -296,9 +296,38 @@ fn config_text(value: &Value) -> String {
     }
 }
 
+/// Deepest `[` / `{` nesting a deployment document may have. The YAML parser's cost
+/// grows with the square of the flow nesting depth (100k levels, 200 KB, take minutes),
+/// and serde refuses more than 128 levels anyway, only after the parser is done.
+pub const MAX_FLOW_DEPTH: usize = 256;
+
+/// Refuses documents that could nest flow collections deeper than [`MAX_FLOW_DEPTH`].
+/// Every bracket counts, also inside quotes and comments: telling those apart needs the
+/// very parser this guards, and no real deployment has hundreds of unclosed brackets.
+fn check_flow_depth(bytes: &[u8]) -> Result<(), ModelError> {
+    let mut depth = 0usize;
+    for b in bytes {
+        match b {
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_FLOW_DEPTH {
+                    return Err(model_err(
+                        "document",
+                        format!("nested deeper than {MAX_FLOW_DEPTH} levels of [ ] / {{ }}"),
+                    ));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 impl Deployment {
     /// Parses and validates a deployment YAML.
     pub fn from_yaml(bytes: &[u8]) -> Result<Self, ModelError> {
+        check_flow_depth(bytes)?;
         let raw: RawDeployment = serde_norway::from_slice(bytes).map_err(|e| {
             model_err(
                 "document",
@@ -577,6 +606,22 @@ spec:
         assert_eq!(c.extensions.memory, Some(32 << 20));
         assert_eq!(c.extensions.timeout, Some(Duration::from_secs(5)));
         assert_eq!(c.revision.as_deref(), Some("0.1.0"));
+    }
+
+    #[test]
+    fn deep_flow_nesting_is_refused_before_parsing() {
+        let deep = format!("{GOOD}x: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+        let start = std::time::Instant::now();
+        let err = Deployment::from_yaml(deep.as_bytes()).unwrap_err();
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(err.message.contains("nested deeper"), "{err}");
+        // Many brackets that close again are not nesting.
+        let wide = format!("{GOOD}x: [{}]\n", "[], ".repeat(10_000));
+        Deployment::from_yaml(wide.as_bytes()).unwrap();
     }
 
     #[test]

@@ -229,7 +229,10 @@ fn is_wasm_layer(media_type: &str) -> bool {
 }
 
 /// Picks the component layer out of a manifest's bytes.
-fn component_layer(body: &[u8], max_size: u64) -> Result<(String, u64), (OciErrorKind, String)> {
+pub(crate) fn component_layer(
+    body: &[u8],
+    max_size: u64,
+) -> Result<(String, u64), (OciErrorKind, String)> {
     let manifest: RawManifest = serde_json::from_slice(body).map_err(|e| {
         (
             OciErrorKind::Protocol,
