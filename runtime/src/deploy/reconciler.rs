@@ -28,6 +28,17 @@ pub struct DesiredDeployment {
     /// Relative component paths resolve against this folder.
     pub base_dir: PathBuf,
     pub yaml: Vec<u8>,
+    /// Set when the document was not read because reading it was refused (local mode:
+    /// not a regular file, too large, a link out of the folder); `yaml` is then empty and
+    /// the source fails with this code and message, like a document that does not parse.
+    pub refused: Option<Refusal>,
+}
+
+/// Why a desired document was not read; never carries the document's content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: &'static str,
+    pub message: String,
 }
 
 /// A failure to apply one deployment, with the Margo error code to report.
@@ -256,12 +267,16 @@ impl Reconciler {
         desired.sort_by(|a, b| a.source.cmp(&b.source));
         for item in desired {
             sources.insert(item.source.clone());
-            match Deployment::from_yaml(&item.yaml) {
-                Err(err) => {
+            let parsed = match &item.refused {
+                Some(refusal) => Err(Failure::new(refusal.code, refusal.message.clone())),
+                None => Deployment::from_yaml(&item.yaml)
+                    .map_err(|err| Failure::new("wasmgate.invalid", err.to_string())),
+            };
+            match parsed {
+                Err(mut failure) => {
                     // A broken edit of a running deployment's file must not take it
                     // down: keep what was applied from that file.
                     let running = self.applied.iter().find(|(_, a)| a.source == item.source);
-                    let mut failure = Failure::new("wasmgate.invalid", err.to_string());
                     if let Some((id, applied)) = running {
                         kept.insert(id.clone());
                         failure
@@ -375,6 +390,7 @@ impl Reconciler {
                 source: record.source.clone(),
                 base_dir: record.base_dir.clone(),
                 yaml: record.yaml.clone().into_bytes(),
+                refused: None,
             };
             self.apply_document(item, deployment, true).await;
         }

@@ -319,6 +319,7 @@ impl WfmClient {
             source: format!("{SOURCE_PREFIX}{id}"),
             base_dir: self.state_dir.clone(),
             yaml,
+            refused: None,
         }
     }
 
