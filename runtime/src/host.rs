@@ -150,21 +150,39 @@ impl Host {
             }
             DesiredSource::Folder(dir) => {
                 let interval = self.config.watch_interval();
+                // Polled on a blocking thread: stat and read calls must not hold an
+                // async worker, and the watch remembers metadata so an unchanged
+                // folder is not read again.
+                let watch = Arc::new(std::sync::Mutex::new(local::FolderWatch::new(&dir)));
                 let mut last_digest = None;
                 loop {
-                    match local::scan(&dir, &self.reconciler.watched_files()) {
-                        // A changed folder, or the reconciler asks for another pass
-                        // (retrying a failed pull, collecting garbage).
-                        Ok(scan)
-                            if Some(scan.digest) != last_digest || self.reconciler.pass_due() =>
-                        {
-                            last_digest = Some(scan.digest);
-                            self.reconciler.apply(scan.documents).await;
+                    let watched = self.reconciler.watched_files();
+                    // A changed folder, or the reconciler asks for another pass
+                    // (retrying a failed pull, collecting garbage).
+                    let due = self.reconciler.pass_due();
+                    let poll = {
+                        let watch = watch.clone();
+                        tokio::task::spawn_blocking(move || {
+                            let mut watch = watch.lock().unwrap_or_else(|e| e.into_inner());
+                            watch.poll(&watched).map(|digest| {
+                                let documents =
+                                    (Some(digest) != last_digest || due).then(|| watch.documents());
+                                (digest, documents)
+                            })
+                        })
+                    };
+                    match poll.await {
+                        Ok(Ok((digest, Some(documents)))) => {
+                            last_digest = Some(digest);
+                            self.reconciler.apply(documents).await;
                             self.announce(addr);
                         }
-                        Ok(_) => {}
-                        Err(err) => {
+                        Ok(Ok((_, None))) => {}
+                        Ok(Err(err)) => {
                             tracing::error!(dir = %dir.display(), error = %err, "cannot read the deployments folder")
+                        }
+                        Err(err) => {
+                            tracing::error!(dir = %dir.display(), error = %err, "the deployments folder watch failed")
                         }
                     }
                     tokio::select! {
@@ -271,5 +289,6 @@ pub fn single_component_document(component: &std::path::Path) -> anyhow::Result<
         base_dir: path.parent().map(|p| p.to_owned()).unwrap_or_default(),
         yaml: serde_json::to_vec(&document)?,
         expected_id: None,
+        refused: None,
     })
 }

@@ -37,6 +37,61 @@ fn model_err(field: impl Into<String>, message: impl Into<String>) -> ModelError
     }
 }
 
+/// The longest YAML error message passed on (status, logs).
+const MAX_YAML_ERROR_CHARS: usize = 300;
+
+/// A YAML parse error without the input it may quote: serde names the offending value
+/// (`invalid type: string "root:x:0:0:..."`), which would put the content of any file
+/// given as a deployment into the unauthenticated `/status`. Position and field path
+/// stay; every quoted or back-quoted value before serde's `, expected` (what the schema
+/// wanted, never input) is replaced by `…`, except the schema's own field names in
+/// `missing field` / `duplicate field`.
+fn redacted_yaml_error(err: &serde_norway::Error) -> String {
+    redact_quoted(
+        &err.to_string(),
+        err.location().map(|at| (at.line(), at.column())),
+    )
+}
+
+fn redact_quoted(text: &str, location: Option<(usize, usize)>) -> String {
+    let (input_part, expected) = match text.find(", expected ") {
+        Some(at) => text.split_at(at),
+        None => (text, ""),
+    };
+    let keep_backquoted = ["missing field `", "duplicate field `"]
+        .iter()
+        .any(|m| input_part.contains(m));
+    let mut out = String::with_capacity(text.len().min(MAX_YAML_ERROR_CHARS));
+    let mut chars = input_part.chars();
+    while let Some(c) = chars.next() {
+        if c == '"' || (c == '`' && !keep_backquoted) {
+            out.push(c);
+            out.push('…');
+            let mut escaped = false;
+            for inner in chars.by_ref() {
+                if inner == c && !escaped {
+                    out.push(c);
+                    break;
+                }
+                escaped = !escaped && inner == '\\';
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out.push_str(expected);
+    let cut = out.chars().count() > MAX_YAML_ERROR_CHARS;
+    if cut {
+        out = out.chars().take(MAX_YAML_ERROR_CHARS).collect();
+        out.push('…');
+    }
+    // serde_norway leaves out a position at the very start of the document.
+    if let Some((line, column)) = location.filter(|_| cut || !out.contains(" at line ")) {
+        out.push_str(&format!(" (at line {line} column {column})"));
+    }
+    out
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct RawDeployment {
@@ -331,7 +386,10 @@ impl Deployment {
         let raw: RawDeployment = serde_norway::from_slice(bytes).map_err(|e| {
             model_err(
                 "document",
-                format!("not a valid ApplicationDeployment YAML: {e}"),
+                format!(
+                    "not a valid ApplicationDeployment YAML: {}",
+                    redacted_yaml_error(&e)
+                ),
             )
         })?;
         Self::validate(raw)
@@ -705,6 +763,64 @@ spec:
         let err = Deployment::from_yaml(b"id: [unclosed\nmetadata: {").unwrap_err();
         assert_eq!(err.field, "document");
         assert!(err.message.contains("line"), "{err}");
+    }
+
+    #[test]
+    fn yaml_errors_do_not_quote_the_input() {
+        let passwd =
+            "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n";
+        let err = Deployment::from_yaml(passwd.as_bytes()).unwrap_err();
+        assert!(
+            !err.message.contains("root") && !err.message.contains("daemon"),
+            "{err}"
+        );
+        assert!(err.message.contains("line 1 column 1"), "{err}");
+        assert!(err.message.contains("expected struct"), "{err}");
+
+        // A value deep in the document: the field path and position stay, the value goes.
+        let text = GOOD.replace(
+            "metadata:\n  name: hello\n  namespace: examples\n  deviceId: edge-01/apps\n",
+            "metadata: \"s3cr3t\\\" value\"\n",
+        );
+        let err = Deployment::from_yaml(text.as_bytes()).unwrap_err();
+        assert!(
+            !err.message.contains("s3cr3t") && !err.message.contains("value\""),
+            "{err}"
+        );
+        assert!(
+            err.message.starts_with(
+                "not a valid ApplicationDeployment YAML: metadata: invalid type: string \"…\""
+            ),
+            "{err}"
+        );
+        assert!(err.message.contains("line "), "{err}");
+
+        // Schema field names are not input and stay; what serde expected stays.
+        assert_eq!(
+            redact_quoted(
+                "spec: missing field `applicationId` at line 3 column 1",
+                None
+            ),
+            "spec: missing field `applicationId` at line 3 column 1"
+        );
+        assert_eq!(
+            redact_quoted(
+                "spec.type: unknown variant `root:x:0`, expected one of `custom`, `helm`",
+                None
+            ),
+            "spec.type: unknown variant `…`, expected one of `custom`, `helm`"
+        );
+        // An unterminated quote hides the rest.
+        assert_eq!(
+            redact_quoted("invalid size \"abc", None),
+            "invalid size \"…"
+        );
+
+        // Long messages are cut, the position is kept.
+        let long = format!("custom error {}", "k".repeat(2000));
+        let cut = redact_quoted(&long, Some((7, 3)));
+        assert!(cut.chars().count() < 400, "{cut}");
+        assert!(cut.ends_with("… (at line 7 column 3)"), "{cut}");
     }
 
     #[test]

@@ -31,6 +31,17 @@ pub struct DesiredDeployment {
     /// The `id` the document must declare, when its origin names it (a WFM manifest
     /// lists each YAML under a `deploymentId`). A different id fails this deployment.
     pub expected_id: Option<String>,
+    /// Set when the document was not read because reading it was refused (local mode:
+    /// not a regular file, too large, a link out of the folder); `yaml` is then empty and
+    /// the source fails with this code and message, like a document that does not parse.
+    pub refused: Option<Refusal>,
+}
+
+/// Why a desired document was not read; never carries the document's content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: &'static str,
+    pub message: String,
 }
 
 /// A failure to apply one deployment, with the Margo error code to report.
@@ -259,12 +270,16 @@ impl Reconciler {
         desired.sort_by(|a, b| a.source.cmp(&b.source));
         for item in desired {
             sources.insert(item.source.clone());
-            match Deployment::from_yaml(&item.yaml) {
-                Err(err) => {
+            let parsed = match &item.refused {
+                Some(refusal) => Err(Failure::new(refusal.code, refusal.message.clone())),
+                None => Deployment::from_yaml(&item.yaml)
+                    .map_err(|err| Failure::new(err.code(), err.to_string())),
+            };
+            match parsed {
+                Err(mut failure) => {
                     // A broken edit of a running deployment's file must not take it
                     // down: keep what was applied from that file.
                     let running = self.applied.iter().find(|(_, a)| a.source == item.source);
-                    let mut failure = Failure::new(err.code(), err.to_string());
                     if let Some((id, applied)) = running {
                         kept.insert(id.clone());
                         failure
@@ -395,6 +410,7 @@ impl Reconciler {
                 base_dir: record.base_dir.clone(),
                 yaml: record.yaml.clone().into_bytes(),
                 expected_id: None,
+                refused: None,
             };
             self.apply_document(item, deployment, true).await;
         }

@@ -452,6 +452,7 @@ impl WfmClient {
             yaml,
             // The manifest's deploymentId; a YAML declaring another fails alone.
             expected_id: Some(id.to_owned()),
+            refused: None,
         }
     }
 
