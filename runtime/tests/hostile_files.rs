@@ -88,8 +88,19 @@ fn still_reconciles(sandbox: &Sandbox, gate: &Wasmgate) {
         "an unrelated change took {:?} to apply",
         start.elapsed()
     );
-    let (code, body) = gate.admin_get("/healthz");
-    assert_eq!(code, 200, "{body}");
+    // Routes go live inside the reconcile pass; `/healthz` turns 200 when the pass ends.
+    let deadline = Instant::now() + PROMPT;
+    loop {
+        let (code, body) = gate.admin_get("/healthz");
+        if code == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/healthz still {code} after {PROMPT:?}: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Starts the host serving `/hello` and returns it with its settled RSS.
