@@ -123,6 +123,7 @@ impl Host {
                     status: self.status.clone(),
                     partitions: self.partitions.clone(),
                     routes: self.routes.clone(),
+                    metrics: self.reconciler.metrics().clone(),
                 },
             ));
         }
