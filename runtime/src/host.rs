@@ -125,6 +125,7 @@ impl Host {
                     status: self.status.clone(),
                     partitions: self.partitions.clone(),
                     routes: self.routes.clone(),
+                    metrics: self.reconciler.metrics().clone(),
                 },
             ));
         }
@@ -267,7 +268,9 @@ pub fn single_component_document(component: &std::path::Path) -> anyhow::Result<
                 })
                 .collect::<String>()
         })
-        .filter(|s| !s.is_empty() && s.len() <= 63)
+        // metadata.name must be a DNS-1123 label: no leading or trailing '-'.
+        .map(|s| s.trim_matches('-').to_owned())
+        .filter(|s| crate::deploy::model::is_dns_label(s))
         .unwrap_or_else(|| "component".into());
     let document = serde_json::json!({
         "id": "00000000-0000-4000-8000-000000000001",

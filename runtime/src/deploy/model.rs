@@ -335,6 +335,64 @@ pub fn is_valid_device_id(s: &str) -> bool {
     !body.is_empty() && body.split('/').all(crate::config::is_valid_id_segment)
 }
 
+/// A value from the document for an error message: quoted and escaped (a newline or
+/// quote cannot start a forged log line) and cut short (a megabyte name is not echoed).
+fn preview(s: &str) -> String {
+    const MAX_CHARS: usize = 64;
+    let mut cut: String = s.chars().take(MAX_CHARS).collect();
+    if cut.len() < s.len() {
+        cut.push_str("...");
+    }
+    format!("{cut:?}")
+}
+
+/// Longest `metadata.name` / `metadata.namespace`: a Kubernetes DNS label.
+pub const MAX_NAME_LEN: usize = 63;
+
+/// `metadata.name` and `metadata.namespace`: Margo gives them no pattern of their own
+/// but uses them as Kubernetes release name and namespace, so they follow the
+/// Kubernetes DNS-1123 label rule: 1 to 63 characters, lowercase letters, digits and
+/// `-`, starting and ending with a letter or digit (`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`).
+pub fn is_dns_label(s: &str) -> bool {
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let bytes = s.as_bytes();
+    match (bytes.first(), bytes.last()) {
+        (Some(&first), Some(&last)) => {
+            bytes.len() <= MAX_NAME_LEN
+                && alnum(first)
+                && alnum(last)
+                && bytes.iter().all(|&b| alnum(b) || b == b'-')
+        }
+        _ => false,
+    }
+}
+
+const DNS_LABEL_RULE: &str = "expected 1 to 63 lowercase letters, digits and '-', starting and ending with a letter or digit (a Kubernetes DNS-1123 label)";
+
+/// `spec.applicationId`, as Margo's schema has it: `^[-a-z0-9]{1,200}$`.
+fn is_application_id(s: &str) -> bool {
+    (1..=200).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// An HTTP route prefix: `/` then URL path characters (RFC 3986 `pchar` and `/`), at
+/// most 1024 bytes. Routes are printed and reported, so no spaces, quotes or controls.
+fn is_route(s: &str) -> bool {
+    s.starts_with('/')
+        && s.len() <= 1024
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@%/".contains(&b))
+}
+
+/// An HTTP trigger's host: a DNS name (letters, digits, `-`, `.`), at most 253 bytes.
+fn is_host(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
 fn is_component_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
@@ -402,7 +460,10 @@ impl Deployment {
         if !is_uuid(&id) {
             return Err(model_err(
                 "id",
-                format!("{id:?} is not a UUID (e.g. 3f0c6d52-1b7e-4a39-9d2a-8e5b7c4a1f01)"),
+                format!(
+                    "{} is not a UUID (e.g. 3f0c6d52-1b7e-4a39-9d2a-8e5b7c4a1f01)",
+                    preview(&id)
+                ),
             ));
         }
         let metadata = raw
@@ -412,11 +473,25 @@ impl Deployment {
             .name
             .filter(|n| !n.trim().is_empty())
             .ok_or_else(|| model_err("metadata.name", "missing or empty"))?;
+        if !is_dns_label(&name) {
+            return Err(model_err(
+                "metadata.name",
+                format!("{}: {DNS_LABEL_RULE}", preview(&name)),
+            ));
+        }
+        if let Some(namespace) = &metadata.namespace {
+            if !is_dns_label(namespace) {
+                return Err(model_err(
+                    "metadata.namespace",
+                    format!("{}: {DNS_LABEL_RULE}", preview(namespace)),
+                ));
+            }
+        }
         if let Some(device_id) = &metadata.device_id {
             if !is_valid_device_id(device_id) {
                 return Err(model_err(
                     "metadata.deviceId",
-                    format!("{device_id:?}: expected DEVICE, DEVICE/PARTITION or DEVICE/* (letters, digits, '.', '_', '~', '-')"),
+                    format!("{}: expected DEVICE, DEVICE/PARTITION or DEVICE/* (letters, digits, '.', '_', '~', '-')", preview(device_id)),
                 ));
             }
         }
@@ -424,6 +499,15 @@ impl Deployment {
         let application_id = spec
             .application_id
             .ok_or_else(|| model_err("spec.applicationId", "missing"))?;
+        if !is_application_id(&application_id) {
+            return Err(model_err(
+                "spec.applicationId",
+                format!(
+                    "{}: expected 1 to 200 lowercase letters, digits and '-'",
+                    preview(&application_id)
+                ),
+            ));
+        }
         let profile = spec
             .deployment_profile
             .ok_or_else(|| model_err("spec.deploymentProfile", "missing"))?;
@@ -497,7 +581,10 @@ fn parse_component(
     if !is_component_name(&name) {
         return Err(model_err(
             format!("{at}.name"),
-            format!("{name:?}: expected lowercase letters, digits and dashes"),
+            format!(
+                "{}: expected 1 to 63 lowercase letters, digits and dashes",
+                preview(&name)
+            ),
         ));
     }
     let props = raw.properties.ok_or_else(|| {
@@ -578,10 +665,22 @@ fn parse_extensions(at: &str, value: Value) -> Result<WasmgateExtensions, ModelE
                 let http: RawHttpTrigger =
                     serde_json::from_value(spec).map_err(|e| model_err(&field, e.to_string()))?;
                 warn_unknown(&field, &http.other);
-                if !http.route.starts_with('/') {
+                if !is_route(&http.route) {
                     return Err(model_err(
                         format!("{field}.route"),
-                        format!("{:?}: expected a path starting with /", http.route),
+                        format!(
+                            "{}: expected a path starting with / (URL path characters only)",
+                            preview(&http.route)
+                        ),
+                    ));
+                }
+                if let Some(host) = http.host.as_deref().filter(|h| !is_host(h)) {
+                    return Err(model_err(
+                        format!("{field}.host"),
+                        format!(
+                            "{}: expected a DNS name (letters, digits, '-', '.'), without a port",
+                            preview(host)
+                        ),
                     ));
                 }
                 ext.http = Some(HttpTrigger {
@@ -821,6 +920,73 @@ spec:
         let cut = redact_quoted(&long, Some((7, 3)));
         assert!(cut.chars().count() < 400, "{cut}");
         assert!(cut.ends_with("… (at line 7 column 3)"), "{cut}");
+    }
+
+    #[test]
+    fn names_follow_the_dns_label_rule() {
+        for ok in ["a", "hello", "sensor-filter", "x1", &"a".repeat(63)] {
+            assert!(is_dns_label(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "Hello",
+            "a_b",
+            "a.b",
+            "evil\"",
+            "a\nb",
+            "caf\u{e9}",
+            &"a".repeat(64),
+        ] {
+            assert!(!is_dns_label(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn hostile_names_are_refused_without_being_echoed_raw() {
+        let cases = [
+            ("name: hello\n", "name: \"evil\\\"\\nx\"\n", "metadata.name"),
+            (
+                "namespace: examples",
+                "namespace: Ex_amples",
+                "metadata.namespace",
+            ),
+            (
+                "applicationId: hello",
+                "applicationId: Hello.App",
+                "spec.applicationId",
+            ),
+            (
+                "- name: hello",
+                "- name: \"he\\nllo\"",
+                "components[0].name",
+            ),
+            (
+                "{route: /hello/}",
+                "{route: \"/a b\"}",
+                "trigger.http.route",
+            ),
+            (
+                "{route: /hello/}",
+                "{route: /x, host: \"a\\\"b\"}",
+                "trigger.http.host",
+            ),
+        ];
+        for (from, to, field) in cases {
+            let text = GOOD.replace(from, to);
+            assert_ne!(text, GOOD, "{from:?} not in the fixture");
+            let err = Deployment::from_yaml(text.as_bytes()).unwrap_err();
+            assert!(err.field.ends_with(field), "{to:?} gave {err:?}");
+            let shown = err.to_string();
+            assert!(!shown.contains('\n'), "{shown:?}");
+        }
+        // A long value is cut short in the message.
+        let long = GOOD.replace("name: hello\n", &format!("name: {}\n", "x".repeat(10_000)));
+        let err = Deployment::from_yaml(long.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("metadata.name") && err.len() < 300, "{err}");
     }
 
     #[test]

@@ -75,8 +75,9 @@ impl Workload {
 
     /// Runs one timer tick in a fresh instance.
     pub async fn invoke_tick(&self, tick: Tick) -> Result<(), InvocationError> {
+        let started = std::time::Instant::now();
         let result = self.invoke_event(Trigger::Timer(tick)).await;
-        self.record(&result);
+        self.record(&result, started);
         result
     }
 
@@ -96,7 +97,9 @@ impl Workload {
                 })?;
         let mut store = self.new_store()?;
         let call = async {
-            let instance = self.pre.instantiate_async(&mut store).await?;
+            let instance = self
+                .timed_instantiate(self.pre.instantiate_async(&mut store))
+                .await?;
             call_handler(&mut store, &instance, export, trigger).await
         };
         // Epoch interruption only fires while wasm runs; this bounds host calls too.

@@ -53,6 +53,7 @@ impl Workload {
                 false,
             );
         };
+        let started = std::time::Instant::now();
         let permit = match self.spec.partition.admit().await {
             Ok(permit) => permit,
             Err(source) => {
@@ -60,14 +61,14 @@ impl Workload {
                     label: self.spec.label(),
                     source,
                 };
-                self.record(&Err(err.clone()));
+                self.record(&Err(err.clone()), started);
                 return invocation_response(&err);
             }
         };
         let mut store = match self.new_store() {
             Ok(store) => store,
             Err(err) => {
-                self.record(&Err(err.clone()));
+                self.record(&Err(err.clone()), started);
                 return invocation_response(&err);
             }
         };
@@ -111,7 +112,9 @@ impl Workload {
         let task = tokio::spawn(async move {
             let _permit = permit;
             let call = async {
-                let instance = proxy.instantiate_async(&mut store).await?;
+                let instance = workload
+                    .timed_instantiate(proxy.instantiate_async(&mut store))
+                    .await?;
                 instance
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, req, out)
@@ -125,7 +128,7 @@ impl Workload {
                     timeout: workload.spec.timeout,
                 }),
             };
-            workload.record(&result);
+            workload.record(&result, started);
             result
         });
         match response_rx.await {
