@@ -139,9 +139,11 @@ impl Host {
             }
             DesiredSource::Wfm(settings) => {
                 let events = self.status.subscribe();
-                let client = crate::margo::WfmClient::new(*settings, self.config.clone(), events)
-                    .await
-                    .context("cannot start the Margo WFM client")?;
+                let metrics = self.reconciler.metrics().wfm.clone();
+                let client =
+                    crate::margo::WfmClient::new(*settings, self.config.clone(), events, metrics)
+                        .await
+                        .context("cannot start the Margo WFM client")?;
                 let (status, announced) = (self.status.clone(), &mut self.announced);
                 client
                     .run(&mut self.reconciler, shutdown, |reconciler| {
