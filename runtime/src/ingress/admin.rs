@@ -1,13 +1,13 @@
 //! Admin listener: `/healthz` (200 once every desired deployment reached a final
 //! state), `/status` (JSON), `/metrics` (Prometheus text format).
 
-use super::{serve_with, SharedRoutes};
+use super::server::serve_with;
+use super::{ConnectionLimits, SharedRoutes, Shutdown};
 use crate::deploy::StatusBoard;
 use crate::sandbox::Partition;
 use crate::workload::{error_response, ResponseBody, WorkloadStats};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use std::convert::Infallible;
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -140,13 +140,23 @@ impl AdminState {
     }
 }
 
-pub async fn serve_admin(listener: TcpListener, state: AdminState) {
+/// Serves the admin endpoints until `shutdown`, with its own connection budget
+/// (`limits`), so a flood on the ingress leaves it answering.
+pub async fn serve_admin(
+    listener: TcpListener,
+    state: AdminState,
+    limits: ConnectionLimits,
+    shutdown: Shutdown,
+) {
     let state = Arc::new(state);
     serve_with(
+        "admin",
         listener,
+        limits,
+        shutdown,
         move |req: hyper::Request<hyper::body::Incoming>| {
             let state = state.clone();
-            async move { Ok::<_, Infallible>(state.handle(req.uri().path())) }
+            async move { state.handle(req.uri().path()) }
         },
     )
     .await
