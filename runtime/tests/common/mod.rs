@@ -233,6 +233,25 @@ impl Wasmgate {
         self.child.id()
     }
 
+    /// Sends `signal` (`"TERM"`, `"INT"`, ...) to the process.
+    pub fn signal(&self, signal: &str) {
+        unsafe_kill(self.child.id(), signal);
+    }
+
+    /// Waits up to `timeout` for the process to exit: its status, or `None` if it runs on.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Stops the process as an operator would (SIGTERM) and waits for it.
     pub fn stop(mut self) {
         unsafe_kill(self.child.id(), "TERM");
