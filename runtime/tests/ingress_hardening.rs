@@ -12,26 +12,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn start(http: &str) -> (Sandbox, Wasmgate) {
-    let sandbox = Sandbox::new();
-    sandbox.put(
-        "hello.yaml",
-        &deployment(
-            "11111111-1111-4111-8111-111111111111",
-            "hello",
-            None,
-            &[(
-                "hello",
-                wasmgate_examples::HELLO,
-                "{trigger: {http: {route: /hello}}}",
-            )],
-            &[],
-        ),
-    );
-    let gate = sandbox.up(&format!(
-        "[device]\nid = \"edge-01\"\n[http]\n{http}\n[[partition]]\nid = \"apps\"\ncpu = 1.0\nmemory = \"256Mi\"\nstorage = \"16Mi\"\n"
-    ));
-    gate.wait_for("/hello", 200, "Hello");
-    (sandbox, gate)
+    let extensions = "{trigger: {http: {route: /hello}}}";
+    let started = serve_one(("hello", wasmgate_examples::HELLO, extensions), http);
+    started.1.wait_for("/hello", 200, "Hello");
+    started
 }
 
 /// Reads until the server closes the connection (end of stream or reset); the time
@@ -141,27 +125,15 @@ fn slow_unterminated_oversized_heads_and_idle_connections_are_closed_on_time() {
             closed_after(&mut s, since, limit, |_| true)
         });
 
-        let (took, _) = unterminated
-            .join()
-            .unwrap()
-            .expect("unterminated head stays open");
-        println!("unterminated head closed after {took:?}");
-        assert!(took >= header - early && took <= header + late, "{took:?}");
-        let (took, _) = slowloris.join().unwrap().expect("slowloris stays open");
-        println!("slowloris closed after {took:?}");
-        assert!(took >= header - early && took <= header + late, "{took:?}");
-        let (took, _) = idle_fresh
-            .join()
-            .unwrap()
-            .expect("idle connection stays open");
-        println!("idle new connection closed after {took:?}");
-        assert!(took >= idle - early && took <= idle + late, "{took:?}");
-        let (took, _) = idle_keep_alive
-            .join()
-            .unwrap()
-            .expect("idle keep-alive stays open");
-        println!("idle keep-alive connection closed after {took:?}");
-        assert!(took >= idle - early && took <= idle + late, "{took:?}");
+        let expect_close = |case: &str, joined: Option<(Duration, Vec<u8>)>, at: Duration| {
+            let (took, _) = joined.unwrap_or_else(|| panic!("{case}: still open"));
+            println!("{case}: closed after {took:?}");
+            assert!(took >= at - early && took <= at + late, "{case}: {took:?}");
+        };
+        expect_close("unterminated head", unterminated.join().unwrap(), header);
+        expect_close("slowloris", slowloris.join().unwrap(), header);
+        expect_close("idle new connection", idle_fresh.join().unwrap(), idle);
+        expect_close("idle keep-alive", idle_keep_alive.join().unwrap(), idle);
         let (took, answer) = oversized
             .join()
             .unwrap()

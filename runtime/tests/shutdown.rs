@@ -7,30 +7,27 @@ mod common;
 use common::*;
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
+use std::process::ExitStatus;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 fn start(http: &str) -> (Sandbox, Wasmgate) {
-    let sandbox = Sandbox::new();
-    sandbox.put(
-        "misbehave.yaml",
-        &deployment(
-            "22222222-2222-4222-8222-222222222222",
-            "misbehave",
-            None,
-            &[(
-                "misbehave",
-                wasmgate_examples::MISBEHAVE,
-                "{trigger: {http: {route: /bad}}, limits: {timeout: 25s}}",
-            )],
-            &[],
-        ),
+    let extensions = "{trigger: {http: {route: /bad}}, limits: {timeout: 25s}}";
+    let started = serve_one(
+        ("misbehave", wasmgate_examples::MISBEHAVE, extensions),
+        http,
     );
-    let gate = sandbox.up(&format!(
-        "[device]\nid = \"edge-01\"\n[http]\n{http}\n[[partition]]\nid = \"apps\"\ncpu = 1.0\nmemory = \"256Mi\"\nstorage = \"16Mi\"\n"
-    ));
-    gate.wait_for("/bad/ok", 200, "ok");
-    (sandbox, gate)
+    started.1.wait_for("/bad/ok", 200, "ok");
+    started
+}
+
+/// The exit status within `limit` (panics if the process still runs) and how long it took.
+fn exited_within(gate: &mut Wasmgate, limit: Duration, what: &str) -> (ExitStatus, Duration) {
+    let since = Instant::now();
+    let status = gate
+        .wait_exit(limit)
+        .unwrap_or_else(|| panic!("still running {what}{}", gate.diagnostics()));
+    (status, since.elapsed())
 }
 
 struct Streamed {
@@ -167,12 +164,8 @@ fn a_second_sigterm_ends_the_drain_at_once() {
         "exited without draining{}",
         gate.diagnostics()
     );
-    let second = Instant::now();
     gate.signal("TERM");
-    let status = gate
-        .wait_exit(Duration::from_secs(5))
-        .unwrap_or_else(|| panic!("still running after a second SIGTERM{}", gate.diagnostics()));
-    let took = second.elapsed();
+    let (status, took) = exited_within(&mut gate, Duration::from_secs(5), "after a second SIGTERM");
     println!("second SIGTERM: exited after {took:?} with {status}");
     assert_eq!(status.code(), Some(128 + 15), "{}", gate.diagnostics());
     assert!(took < Duration::from_secs(1), "{took:?}");
@@ -185,12 +178,8 @@ fn a_second_sigterm_ends_the_drain_at_once() {
 fn a_drain_past_the_shutdown_bound_ends_with_status_124() {
     let (_sandbox, mut gate) = start("shutdown-timeout = \"2s\"");
     let stream = start_stream(&gate, "/bad/drip?chunks=40&ms=500");
-    let signalled = Instant::now();
     gate.signal("TERM");
-    let status = gate
-        .wait_exit(Duration::from_secs(10))
-        .unwrap_or_else(|| panic!("still running past the bound{}", gate.diagnostics()));
-    let took = signalled.elapsed();
+    let (status, took) = exited_within(&mut gate, Duration::from_secs(10), "past the bound");
     println!("bound of 2s: exited after {took:?} with {status}");
     assert_eq!(status.code(), Some(124), "{}", gate.diagnostics());
     assert!(

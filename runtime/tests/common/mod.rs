@@ -77,6 +77,27 @@ impl Sandbox {
     }
 }
 
+/// `wasmgate up` with one deployment of one component `(name, wasm, extensions)` in
+/// one partition `apps` (device `edge-01`), and `http` as the `[http]` section's lines.
+pub fn serve_one(component: (&str, &str, &str), http: &str) -> (Sandbox, Wasmgate) {
+    let sandbox = Sandbox::new();
+    let (name, wasm, extensions) = component;
+    sandbox.put(
+        &format!("{name}.yaml"),
+        &deployment(
+            "11111111-1111-4111-8111-111111111111",
+            name,
+            None,
+            &[(name, wasm, extensions)],
+            &[],
+        ),
+    );
+    let gate = sandbox.up(&format!(
+        "[device]\nid = \"edge-01\"\n[http]\n{http}\n[[partition]]\nid = \"apps\"\ncpu = 1.0\nmemory = \"256Mi\"\nstorage = \"16Mi\"\n"
+    ));
+    (sandbox, gate)
+}
+
 /// Two partitions: `apps` (1 core) and `sensors` (0.5 core).
 pub const TWO_PARTITIONS: &str = r#"
 [device]
