@@ -48,7 +48,6 @@ fn http_e2e(c: &mut Criterion) {
         let ours = listener.local_addr().unwrap();
         tokio::spawn(ingress::serve(
             listener,
-            ingress::ConnectionLimits::default(),
             Ingress {
                 routes,
                 max_body: 16 << 20,

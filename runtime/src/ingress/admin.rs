@@ -2,14 +2,14 @@
 //! state), `/status` (JSON), `/metrics` (Prometheus text format, or OpenMetrics when
 //! asked for; rendered by [`crate::telemetry::Metrics`]).
 
-use super::{serve_with, SharedRoutes};
+use super::server::serve_with;
+use super::{ConnectionLimits, SharedRoutes, Shutdown};
 use crate::deploy::StatusBoard;
 use crate::sandbox::Partition;
 use crate::telemetry::{Format, Metrics, PartitionSample};
 use crate::workload::{error_response, ResponseBody};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use std::convert::Infallible;
 use std::fmt::Write;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -132,18 +132,23 @@ impl AdminState {
     }
 }
 
+/// Serves the admin endpoints until `shutdown`, with its own connection budget
+/// (`limits`), so a flood on the ingress leaves it answering.
 pub async fn serve_admin(
     listener: TcpListener,
-    limits: super::ConnectionLimits,
     state: AdminState,
+    limits: ConnectionLimits,
+    shutdown: Shutdown,
 ) {
     let state = Arc::new(state);
     serve_with(
+        "admin",
         listener,
         limits,
+        shutdown,
         move |req: hyper::Request<hyper::body::Incoming>| {
             let state = state.clone();
-            async move { Ok::<_, Infallible>(state.handle(req).await) }
+            async move { state.handle(req).await }
         },
     )
     .await

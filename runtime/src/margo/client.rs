@@ -301,6 +301,18 @@ impl WfmClient {
                 _ = &mut shutdown => break,
             }
         }
+        // Stopping: hand the WFM what changed since the last cycle (deployments the
+        // drain stopped, for one). Bounded by the transport's timeouts and, overall, by
+        // the host's shutdown bound; what is not delivered stays in the outbox.
+        if self.transport.is_some() && !self.in_downtime() {
+            let delivered = match self.collect_events() {
+                Ok(()) => self.deliver_statuses().await,
+                Err(err) => Err(err),
+            };
+            if let Err(err) = delivered {
+                tracing::warn!(error = %err, pending = self.outbox.len(), "status reports not delivered before stopping; they stay queued for the next start");
+            }
+        }
     }
 
     fn backoff(&self, err: &CycleError, failures: u32) -> Duration {
