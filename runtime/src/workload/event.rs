@@ -76,6 +76,7 @@ impl Workload {
 
     /// Runs one timer tick in a fresh instance, on the partition's own runtime.
     pub async fn invoke_tick(self: &Arc<Self>, tick: Tick) -> Result<(), InvocationError> {
+        let started = std::time::Instant::now();
         let workload = self.clone();
         let result = self
             .spec
@@ -84,7 +85,7 @@ impl Workload {
             .spawn(async move { workload.invoke_event(Trigger::Timer(tick)).await })
             .await
             .unwrap_or_else(|join| Err(self.failed(format!("crashed: {join}"))));
-        self.record(&result);
+        self.record(&result, started);
         result
     }
 
@@ -104,7 +105,9 @@ impl Workload {
                 })?;
         let mut store = self.new_store()?;
         let call = async {
-            let instance = self.pre.instantiate_async(&mut store).await?;
+            let instance = self
+                .timed_instantiate(self.pre.instantiate_async(&mut store))
+                .await?;
             call_handler(&mut store, &instance, export, trigger).await
         };
         // Epoch interruption only fires while wasm runs; this bounds host calls too.

@@ -99,6 +99,8 @@ impl Workload {
             Ok(body) => body,
             Err(err) => return self.unread_body(max_body, err),
         };
+        // Invocation time counts from admission, as without a body.
+        let started = std::time::Instant::now();
         let permit = match self.spec.partition.admit().await {
             Ok(permit) => permit,
             Err(source) => {
@@ -106,7 +108,7 @@ impl Workload {
                     label: self.spec.label(),
                     source,
                 };
-                self.record(&Err(err.clone()));
+                self.record(&Err(err.clone()), started);
                 return invocation_response(&err);
             }
         };
@@ -118,7 +120,7 @@ impl Workload {
         // response head went out; the slot is held until it finishes.
         let task = self.spec.partition.guests().spawn(async move {
             let _permit = permit;
-            workload.run_http(proxy, request, head_tx).await
+            workload.run_http(proxy, request, head_tx, started).await
         });
         let response = tokio::select! {
             response = head => response,
@@ -174,6 +176,7 @@ impl Workload {
         proxy: ProxyPre<InstanceState>,
         request: hyper::Request<B>,
         head: tokio::sync::oneshot::Sender<hyper::Response<ResponseBody>>,
+        started: std::time::Instant,
     ) -> Result<(), InvocationError>
     where
         B: hyper::body::Body<Data = Bytes, Error = wasmtime_wasi_http::Error> + Send + 'static,
@@ -181,7 +184,7 @@ impl Workload {
         let mut store = match self.new_store() {
             Ok(store) => store,
             Err(err) => {
-                self.record(&Err(err.clone()));
+                self.record(&Err(err.clone()), started);
                 let _ = head.send(invocation_response(&err));
                 return Ok(());
             }
@@ -228,7 +231,9 @@ impl Workload {
         let forwarder = tokio::spawn(forward);
         let grace = self.spec.timeout + crate::engine::EPOCH_TICK * 10;
         let call = async {
-            let instance = proxy.instantiate_async(&mut store).await?;
+            let instance = self
+                .timed_instantiate(proxy.instantiate_async(&mut store))
+                .await?;
             instance
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, req, out)
@@ -242,7 +247,7 @@ impl Workload {
                 timeout: self.spec.timeout,
             }),
         };
-        self.record(&result);
+        self.record(&result, started);
         drop(store);
         // The head, if the guest set one, is forwarded before this task reports.
         let _ = forwarder.await;

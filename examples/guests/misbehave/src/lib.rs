@@ -5,7 +5,9 @@ use core::hint::black_box;
 use std::time::{Duration, Instant};
 
 use guest_kit::exports::wasi::http::incoming_handler::Guest;
-use guest_kit::wasi::http::types::{IncomingRequest, ResponseOutparam};
+use guest_kit::wasi::http::types::{
+    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+};
 use guest_kit::wasi::io::streams::StreamError;
 use guest_kit::{query_param, request_path, respond_text};
 
@@ -126,6 +128,28 @@ fn drain(request: IncomingRequest) -> Result<u64, String> {
     }
 }
 
+/// Sends the head at once, then `chunks` lines one `every` apart: a slow streaming
+/// response, for the host's drain-on-shutdown tests.
+fn drip(out: ResponseOutparam, chunks: u32, every: Duration) {
+    let headers = Fields::from_list(&[("content-type".to_string(), b"text/plain".to_vec())])
+        .expect("content-type is a valid header");
+    let response = OutgoingResponse::new(headers);
+    let body = response.body().expect("body is taken once");
+    ResponseOutparam::set(out, Ok(response));
+    {
+        let stream = body.write().expect("stream is taken once");
+        for i in 0..chunks {
+            std::thread::sleep(every);
+            let line = format!("chunk {i}\n");
+            if stream.blocking_write_and_flush(line.as_bytes()).is_err() {
+                return;
+            }
+        }
+        // The stream is a child of the body and must be dropped before `finish`.
+    }
+    let _ = OutgoingBody::finish(body, None);
+}
+
 struct Misbehave;
 
 impl Guest for Misbehave {
@@ -153,6 +177,16 @@ impl Guest for Misbehave {
                 Ok(bytes) => respond_text(out, 200, &format!("read {bytes} bytes\n")),
                 Err(err) => respond_text(out, 400, &format!("reading the body: {err}\n")),
             },
+            "drip" => {
+                let number = |name, default| {
+                    query_param(&request, name)
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(default)
+                };
+                let chunks = number("chunks", 5);
+                let ms = number("ms", 500);
+                drip(out, chunks, Duration::from_millis(u64::from(ms)));
+            }
             _ => respond_text(out, 404, &format!("unknown behaviour {action:?}\n")),
         }
     }
