@@ -1789,26 +1789,28 @@ impl Run {
     }
 }
 
-/// `/status` shows every target's capabilities accepted (bounded wait: the client
-/// publishes after its cycle).
-fn all_accepted(gate: &Wasmgate) -> Result<(), String> {
+/// Waits (bounded: the client publishes after each cycle) until `/status` satisfies
+/// `ok`; the last `/status` either way.
+fn status_shows(gate: &Wasmgate, what: &str, ok: impl Fn(&Value) -> bool) -> Result<Value, String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let status = gate.status();
-        let targets = status["wfm"]["targets"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        if targets.len() == TARGETS.len() && targets.iter().all(|t| t["state"] == "accepted") {
-            return Ok(());
+        if ok(&status) {
+            return Ok(status);
         }
         if Instant::now() > deadline {
-            return Err(format!(
-                "capabilities not all accepted in /status: {targets:?}"
-            ));
+            return Err(format!("{what}: not in /status: {:#}", status["wfm"]));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+fn all_accepted(gate: &Wasmgate) -> Result<(), String> {
+    status_shows(gate, "every target's capabilities accepted", |st| {
+        let targets = st["wfm"]["targets"].as_array().cloned().unwrap_or_default();
+        targets.len() == TARGETS.len() && targets.iter().all(|t| t["state"] == "accepted")
+    })
+    .map(drop)
 }
 
 fn serves(gate: &Wasmgate, path: &str, code: u16, needle: &str) -> Result<(), String> {
@@ -2056,15 +2058,10 @@ fn rc3_session() -> Session {
     run.close("stable", start);
     run.fact(
         "mi010-accepted",
-        check(
-            gate.status()["wfm"]["acceptedManifestVersion"] == stable && stable > 1,
-            || {
-                format!(
-                    "accepted version {} (want {stable})",
-                    gate.status()["wfm"]["acceptedManifestVersion"]
-                )
-            },
-        ),
+        status_shows(&gate, "the accepted manifest version", |st| {
+            stable > 1 && st["wfm"]["acceptedManifestVersion"] == stable
+        })
+        .map(drop),
     );
     for (name, fixture, fetches) in [
         ("mi008", Fixture::UnsupportedDigestAlgorithm, false),
@@ -2228,29 +2225,16 @@ fn rc2_session() -> Session {
                 .count()
                 >= 2
         });
-    // The client publishes its state after each attempt: bounded wait for the refusal.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut status = gate.status();
-    while Instant::now() < deadline
-        && !status["wfm"]["lastError"]
-            .as_str()
-            .is_some_and(|e| e.contains("403"))
-    {
-        std::thread::sleep(Duration::from_millis(50));
-        status = gate.status();
-    }
     let log = gate.stderr.lock().unwrap().join("\n");
     run.fact(
         "onboarding-refused",
-        check(status["wfm"]["connected"] == false, || {
-            format!("/status: {status:#}")
+        status_shows(&gate, "the refused onboarding", |st| {
+            st["wfm"]["connected"] == false
+                && st["wfm"]["lastError"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("403"))
         })
-        .and(check(
-            status["wfm"]["lastError"]
-                .as_str()
-                .is_some_and(|e| e.contains("403")),
-            || format!("the refusal is not shown: {}", status["wfm"]["lastError"]),
-        ))
+        .map(drop)
         .and(check(log.contains("retrying"), || {
             "no retry log line".into()
         })),
