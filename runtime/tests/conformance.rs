@@ -1091,7 +1091,7 @@ fn rc3_mapping() -> Vec<Entry> {
         na("device-core-manifest-semantics", "step-core-2.2", HARNESS),
         pass("device-core-manifest-semantics", "step-core-2.3", fact("zero")),
         na("device-core-manifest-semantics", "step-core-2-cleanup", HARNESS),
-        na("device-mi004-rfc5280-certificate", "step-mi004-1.0", "positive only: handshake with the device SVID; the SVID's RFC 5280 / SPIFFE properties are checked by the PKI helpers (pki::check_svid_leaf on every handshake), the GET itself by step-mi018-1.0"),
+        pass("device-mi004-rfc5280-certificate", "step-mi004-1.0", mtls_identity),
         pass("device-mi018-tls-trust", "step-mi018-1.0", mtls_identity),
     ]);
     for (scenario, prefix, name) in [
