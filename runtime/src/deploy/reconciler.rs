@@ -11,6 +11,7 @@ use super::store::{collect_garbage, document_digest, AppliedRecord, AppliedStore
 use crate::engine::{AotCache, WasmEngine};
 use crate::ingress::{Route, RouteTable, SharedRoutes};
 use crate::sandbox::Partition;
+use crate::telemetry::{Metrics, ReconcileOutcome};
 use crate::units::ByteSize;
 use crate::workload::{Exports, InstanceState, Tick, Workload, WorkloadSpec};
 use sha2::{Digest, Sha256};
@@ -31,6 +32,17 @@ pub struct DesiredDeployment {
     /// The `id` the document must declare, when its origin names it (a WFM manifest
     /// lists each YAML under a `deploymentId`). A different id fails this deployment.
     pub expected_id: Option<String>,
+    /// Set when the document was not read because reading it was refused (local mode:
+    /// not a regular file, too large, a link out of the folder); `yaml` is then empty and
+    /// the source fails with this code and message, like a document that does not parse.
+    pub refused: Option<Refusal>,
+}
+
+/// Why a desired document was not read; never carries the document's content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: &'static str,
+    pub message: String,
 }
 
 /// A failure to apply one deployment, with the Margo error code to report.
@@ -131,6 +143,8 @@ pub struct Reconciler {
     retries: BTreeMap<String, Retry>,
     /// Capabilities document per partition id, for `deviceConstraints`.
     capabilities: BTreeMap<String, serde_json::Value>,
+    /// The host's metrics registry; workloads, the AOT cache and pulls record here.
+    metrics: Arc<Metrics>,
 }
 
 impl Reconciler {
@@ -143,10 +157,11 @@ impl Reconciler {
         status: Arc<StatusBoard>,
     ) -> wasmtime::Result<Self> {
         let linker = crate::workload::linker(&engine.engine)?;
+        let metrics = Arc::new(Metrics::new());
         Ok(Self {
             engine,
             linker,
-            aot,
+            aot: aot.with_metrics(metrics.aot.clone()),
             device_id,
             partitions,
             routes,
@@ -161,7 +176,13 @@ impl Reconciler {
             next_gc: None,
             retries: BTreeMap::new(),
             capabilities: BTreeMap::new(),
+            metrics,
         })
+    }
+
+    /// The metrics registry `/metrics` renders (and the WFM client records into).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The capabilities each partition advertises; deployments' `deviceConstraints`
@@ -183,6 +204,7 @@ impl Reconciler {
             timeout: config.artifacts.pull_timeout(),
             registries: config.registries.clone(),
             auth_file: config.artifacts.registry_auth_file.clone(),
+            metrics: self.metrics.oci.clone(),
         };
         self.artifacts = Arc::new(Artifacts::open(&state_dir.join("artifacts"), settings)?);
         self.records = Some(AppliedStore::open(state_dir.join("deployments"))?);
@@ -246,6 +268,7 @@ impl Reconciler {
 
     /// Makes the running set equal to `desired`.
     pub async fn apply(&mut self, desired: Vec<DesiredDeployment>) {
+        let started = Instant::now();
         self.status.set_reconciled(false);
         if !self.restored {
             self.restored = true;
@@ -259,12 +282,16 @@ impl Reconciler {
         desired.sort_by(|a, b| a.source.cmp(&b.source));
         for item in desired {
             sources.insert(item.source.clone());
-            match Deployment::from_yaml(&item.yaml) {
-                Err(err) => {
+            let parsed = match &item.refused {
+                Some(refusal) => Err(Failure::new(refusal.code, refusal.message.clone())),
+                None => Deployment::from_yaml(&item.yaml)
+                    .map_err(|err| Failure::new(err.code(), err.to_string())),
+            };
+            match parsed {
+                Err(mut failure) => {
                     // A broken edit of a running deployment's file must not take it
                     // down: keep what was applied from that file.
                     let running = self.applied.iter().find(|(_, a)| a.source == item.source);
-                    let mut failure = Failure::new(err.code(), err.to_string());
                     if let Some((id, applied)) = running {
                         kept.insert(id.clone());
                         failure
@@ -354,6 +381,7 @@ impl Reconciler {
         self.sync_records();
         self.collect_garbage().await;
         self.status.set_reconciled(true);
+        self.metrics.reconcile.pass(started.elapsed());
     }
 
     /// At the first pass after a start: a deployment whose document changed while the
@@ -395,6 +423,7 @@ impl Reconciler {
                 base_dir: record.base_dir.clone(),
                 yaml: record.yaml.clone().into_bytes(),
                 expected_id: None,
+                refused: None,
             };
             self.apply_document(item, deployment, true).await;
         }
@@ -559,6 +588,7 @@ impl Reconciler {
         failure: Failure,
     ) {
         tracing::error!(source, error = %failure.message, "deployment rejected");
+        self.metrics.reconcile.outcome(ReconcileOutcome::Failed);
         self.status.set(
             source,
             DeploymentStatus {
@@ -595,6 +625,7 @@ impl Reconciler {
     fn remove(&mut self, id: &str) {
         if let Some(applied) = self.applied.remove(id) {
             tracing::info!(deployment = %applied.deployment.name, "removing deployment");
+            self.metrics.reconcile.outcome(ReconcileOutcome::Removed);
             let partition = applied.partition.device_id.clone();
             let (source, deployment) = (applied.source.clone(), applied.deployment.clone());
             self.set_state_at(
@@ -785,6 +816,7 @@ impl Reconciler {
                 self.publish_routes();
                 self.save_record(&item, &deployment.id);
                 self.set_installed(&deployment.id);
+                self.metrics.reconcile.outcome(ReconcileOutcome::Installed);
                 tracing::info!(deployment = %deployment.name, "deployment installed");
             }
         }
@@ -1041,8 +1073,12 @@ impl Reconciler {
                 http: ext.http.is_some(),
                 event: ext.timer.is_some(),
             };
+            let metrics =
+                self.metrics
+                    .workload(&deployment.name, &component.name, &partition.device_id);
             let workload = Workload::new(spec, &self.linker, &compiled, needs)
-                .map_err(|e| fail("wasmgate.component", e.to_string()))?;
+                .map_err(|e| fail("wasmgate.component", e.to_string()))?
+                .with_metrics(metrics);
             if artifact.watch {
                 files.push(artifact.path.clone());
             }

@@ -15,6 +15,7 @@ use super::types::{
 use crate::config::{Config, GatewayMode};
 use crate::deploy::status::{CapabilityReport, DeploymentStatus, StatusError, WfmSync};
 use crate::deploy::{DesiredDeployment, Reconciler};
+use crate::telemetry::WfmMetrics;
 use bytes::Bytes;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -108,6 +109,13 @@ fn local<E: std::fmt::Display>(e: E) -> CycleError {
     CycleError::Local(e.to_string())
 }
 
+/// `poll` doubled per consecutive failure, at most [`MAX_BACKOFF`], never below `poll`.
+fn exponential_backoff(poll: Duration, failures: u32) -> Duration {
+    poll.saturating_mul(1u32 << failures.min(8))
+        .min(MAX_BACKOFF)
+        .max(poll)
+}
+
 /// A capabilities document the WFM refused, and when to offer it again.
 struct RefusedReport {
     document: Value,
@@ -141,6 +149,7 @@ pub struct WfmClient {
     state_dir: PathBuf,
     once: Vec<Downtime>,
     daily: Vec<DailyWindow>,
+    metrics: WfmMetrics,
 }
 
 impl WfmClient {
@@ -148,6 +157,7 @@ impl WfmClient {
         settings: WfmSettings,
         config: Config,
         events: UnboundedReceiver<DeploymentStatus>,
+        metrics: WfmMetrics,
     ) -> anyhow::Result<Self> {
         let state_dir = config.state_dir.join("wfm");
         std::fs::create_dir_all(&state_dir)?;
@@ -192,6 +202,7 @@ impl WfmClient {
             state_dir,
             once,
             daily,
+            metrics,
         })
     }
 
@@ -211,6 +222,32 @@ impl WfmClient {
             }
             Err(err) => Err(err),
         }
+    }
+
+    /// One request to the WFM, timed into the `kind` series of
+    /// `wasmgate_wfm_request_duration_seconds`.
+    async fn send(
+        &self,
+        kind: &'static str,
+        method: ::http::Method,
+        url: &url::Url,
+        headers: &[(&str, String)],
+        body: Option<Bytes>,
+        max_body: u64,
+    ) -> Result<super::http::Response, TransportError> {
+        let started = Instant::now();
+        let Some(transport) = &self.transport else {
+            return Err(TransportError::Onboarding("not onboarded yet".into()));
+        };
+        let result = transport.send(method, url, headers, body, max_body).await;
+        let outcome = match &result {
+            Ok(r) if r.status == 304 => "not-modified",
+            Ok(r) if (200..300).contains(&r.status) => "ok",
+            Ok(r) if (400..500).contains(&r.status) => "rejected",
+            _ => "error",
+        };
+        self.metrics.request(kind, outcome, started.elapsed());
+        result
     }
 
     fn transport(&self) -> Result<&Transport, CycleError> {
@@ -264,14 +301,23 @@ impl WfmClient {
                 _ = &mut shutdown => break,
             }
         }
+        // Stopping: hand the WFM what changed since the last cycle (deployments the
+        // drain stopped, for one). Bounded by the transport's timeouts and, overall, by
+        // the host's shutdown bound; what is not delivered stays in the outbox.
+        if self.transport.is_some() && !self.in_downtime() {
+            let delivered = match self.collect_events() {
+                Ok(()) => self.deliver_statuses().await,
+                Err(err) => Err(err),
+            };
+            if let Err(err) = delivered {
+                tracing::warn!(error = %err, pending = self.outbox.len(), "status reports not delivered before stopping; they stay queued for the next start");
+            }
+        }
     }
 
     fn backoff(&self, err: &CycleError, failures: u32) -> Duration {
         let poll = self.settings.poll_interval();
-        let exponential = poll
-            .saturating_mul(1u32 << failures.min(8))
-            .min(MAX_BACKOFF)
-            .max(poll);
+        let exponential = exponential_backoff(poll, failures);
         let base = match err {
             // A retired or refused client stops hammering the WFM.
             e if e.is_unauthorized() => MAX_BACKOFF,
@@ -295,6 +341,7 @@ impl WfmClient {
 
     /// Shows the state of the exchange in `/status`.
     fn publish(&mut self, reconciler: &Reconciler, error: Option<&CycleError>) {
+        self.metrics.outbox_depth(self.outbox.len());
         match error {
             None => {
                 self.last_error = None;
@@ -452,6 +499,7 @@ impl WfmClient {
             yaml,
             // The manifest's deploymentId; a YAML declaring another fails alone.
             expected_id: Some(id.to_owned()),
+            refused: None,
         }
     }
 
@@ -466,8 +514,14 @@ impl WfmClient {
             .api_url(&format!("capabilities/{device}"))?;
         let body = Bytes::from(serde_json::to_vec(doc).map_err(local)?);
         let response = self
-            .transport()?
-            .send(::http::Method::PUT, &url, &[], Some(body), 64 << 10)
+            .send(
+                "capabilities",
+                ::http::Method::PUT,
+                &url,
+                &[],
+                Some(body),
+                64 << 10,
+            )
             .await?;
         match response.status {
             200 | 201 => Ok(response.status),
@@ -549,8 +603,14 @@ impl WfmClient {
                 .transport()?
                 .api_url(&format!("capabilities/{device}"))?;
             let response = self
-                .transport()?
-                .send(::http::Method::DELETE, &url, &[], None, 64 << 10)
+                .send(
+                    "capabilities",
+                    ::http::Method::DELETE,
+                    &url,
+                    &[],
+                    None,
+                    64 << 10,
+                )
                 .await?;
             if !matches!(response.status, 200 | 204 | 404) {
                 let err = refused(format!("DELETE capabilities/{device}"), &response);
@@ -585,11 +645,9 @@ impl WfmClient {
             .get(device)
             .filter(|r| &r.document == doc)
             .map_or(1, |r| r.failures + 1);
-        let poll = self.settings.poll_interval();
-        let wait = poll
-            .saturating_mul(1u32 << failures.min(8))
-            .min(MAX_BACKOFF)
+        let wait = exponential_backoff(self.settings.poll_interval(), failures)
             .max(retry_after.unwrap_or_default());
+        self.metrics.capabilities_refused(device);
         tracing::warn!(device = %device, status, problem_type = ?problem_type, detail = %detail,
             retry_in = ?wait, "WFM refused the capabilities of this target; everything else goes on");
         self.refused_reports.insert(
@@ -670,8 +728,14 @@ impl WfmClient {
             }
             let bytes = Bytes::from(serde_json::to_vec(&body).map_err(local)?);
             let response = self
-                .transport()?
-                .send(::http::Method::POST, &url, &[], Some(bytes), 64 << 10)
+                .send(
+                    "status",
+                    ::http::Method::POST,
+                    &url,
+                    &[],
+                    Some(bytes),
+                    64 << 10,
+                )
                 .await?;
             match response.status {
                 200 | 201 | 204 => self.outbox.done(&pending).map_err(local)?,
@@ -706,8 +770,14 @@ impl WfmClient {
             headers.push(("if-none-match", etag.clone()));
         }
         let response = self
-            .transport()?
-            .send(::http::Method::GET, &url, &headers, None, MAX_DOCUMENT)
+            .send(
+                "state",
+                ::http::Method::GET,
+                &url,
+                &headers,
+                None,
+                MAX_DOCUMENT,
+            )
             .await?;
         match response.status {
             304 => return Ok(()),
@@ -777,8 +847,8 @@ impl WfmClient {
                 let url = self.transport()?.manifest_url(&bundle.url)?;
                 let max = self.settings.max_bundle();
                 let response = self
-                    .transport()?
                     .send(
+                        "bundle",
                         ::http::Method::GET,
                         &url,
                         &[("accept", BUNDLE_MEDIA_TYPE.to_owned())],
@@ -833,8 +903,14 @@ impl WfmClient {
         for d in &missing {
             let url = self.transport()?.manifest_url(&d.url)?;
             let response = self
-                .transport()?
-                .send(::http::Method::GET, &url, &[], None, MAX_DOCUMENT)
+                .send(
+                    "deployment",
+                    ::http::Method::GET,
+                    &url,
+                    &[],
+                    None,
+                    MAX_DOCUMENT,
+                )
                 .await?;
             if response.status != 200 {
                 return Err(refused(

@@ -60,21 +60,50 @@ impl Sandbox {
 
     /// Starts `wasmgate up` on this sandbox with ephemeral ports.
     pub fn up(&self, config_toml: &str) -> Wasmgate {
-        let config = self.config(config_toml);
-        Wasmgate::start(&[
-            "up",
-            "--config",
-            config.to_str().unwrap(),
-            "--deployments",
-            self.deployments().to_str().unwrap(),
-            "--state-dir",
-            self.state().to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-        ])
+        self.up_with(Command::new(BIN), config_toml)
     }
+
+    /// [`Sandbox::up`] with a prepared command for the binary (e.g. resource limits).
+    pub fn up_with(&self, command: Command, config_toml: &str) -> Wasmgate {
+        let config = self.config(config_toml);
+        Wasmgate::spawn(
+            command,
+            &[
+                "up",
+                "--config",
+                config.to_str().unwrap(),
+                "--deployments",
+                self.deployments().to_str().unwrap(),
+                "--state-dir",
+                self.state().to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+                "--admin",
+                "127.0.0.1:0",
+            ],
+        )
+    }
+}
+
+/// `wasmgate up` with one deployment of one component `(name, wasm, extensions)` in
+/// one partition `apps` (device `edge-01`), and `http` as the `[http]` section's lines.
+pub fn serve_one(component: (&str, &str, &str), http: &str) -> (Sandbox, Wasmgate) {
+    let sandbox = Sandbox::new();
+    let (name, wasm, extensions) = component;
+    sandbox.put(
+        &format!("{name}.yaml"),
+        &deployment(
+            "11111111-1111-4111-8111-111111111111",
+            name,
+            None,
+            &[(name, wasm, extensions)],
+            &[],
+        ),
+    );
+    let gate = sandbox.up(&format!(
+        "[device]\nid = \"edge-01\"\n[http]\n{http}\n[[partition]]\nid = \"apps\"\ncpu = 1.0\nmemory = \"256Mi\"\nstorage = \"16Mi\"\n"
+    ));
+    (sandbox, gate)
 }
 
 /// Two partitions: `apps` (1 core) and `sensors` (0.5 core).
@@ -108,7 +137,12 @@ fn parse_addr(line: &str, marker: &str) -> Option<SocketAddr> {
 
 impl Wasmgate {
     pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
+        Self::spawn(Command::new(BIN), args)
+    }
+
+    /// Starts `command` (the binary, prepared by the caller) with `args`.
+    pub fn spawn(mut command: Command, args: &[&str]) -> Self {
+        let mut child = command
             .args(args)
             .env("WASMGATE_LOG", "info,cranelift=warn,wasmtime=warn")
             .stdout(Stdio::piped())
@@ -231,6 +265,25 @@ impl Wasmgate {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends `signal` (`"TERM"`, `"INT"`, ...) to the process.
+    pub fn signal(&self, signal: &str) {
+        unsafe_kill(self.child.id(), signal);
+    }
+
+    /// Waits up to `timeout` for the process to exit: its status, or `None` if it runs on.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Stops the process as an operator would (SIGTERM) and waits for it.

@@ -49,11 +49,27 @@ fn rc2_signatures_verify_with_the_reference_fixed_order_verifier() {
         },
     );
     let gate = s.sandbox.up(&s.config);
-    s.mock
-        .set_deployments(&[(HELLO_ID, hello_yaml("edge-01/apps", "Signed"))]);
+    // Two new deployments: the bundle path; then one changed: the single-YAML path.
+    s.mock.set_deployments(&[
+        (HELLO_ID, hello_yaml("edge-01/apps", "Bundled")),
+        (COUNTER_ID, counter_yaml("edge-01/apps")),
+    ]);
+    wait_state(&s.mock, COUNTER_ID, "installed", s.mock.manifest_version());
+    s.mock.set_deployments(&[
+        (HELLO_ID, hello_yaml("edge-01/apps", "Signed")),
+        (COUNTER_ID, counter_yaml("edge-01/apps")),
+    ]);
     wait_state(&s.mock, HELLO_ID, "installed", s.mock.manifest_version());
     assert_eq!(gate.get("/hello").1, "Signed, world!\n");
     let requests = s.mock.requests();
+    for kind in ["/bundles/", "/deployments/"] {
+        assert!(
+            requests
+                .iter()
+                .any(|r| r.method == "GET" && r.path.contains(kind) && r.status == 200),
+            "no signed GET of {kind}"
+        );
+    }
     let signed: Vec<_> = requests
         .iter()
         .filter(|r| r.header("signature-input").is_some())
@@ -118,12 +134,52 @@ fn a_refused_capabilities_report_stops_nothing_else() {
         wait_state(&s.mock, HELLO_ID, "installed", s.mock.manifest_version());
         gate.wait_for("/hello", 200, &format!("Still{code}, world!"));
     }
-    // The back-off is bounded: not one attempt per poll (300 ms) while refused.
+    // Backed off: by now at least three refusals in a row, so the next waits are 2.4 s,
+    // 4.8 s, ...; one attempt per poll (300 ms) would be about 16 in this window.
+    let before = capability_puts(&s.mock, "edge-01/sensors");
+    std::thread::sleep(Duration::from_secs(5));
+    let attempts = capability_puts(&s.mock, "edge-01/sensors") - before;
+    assert!(
+        attempts <= 3,
+        "{attempts} capability reports for a refused target in 5 s"
+    );
     let log = gate.stderr.lock().unwrap().join("\n");
     assert!(
         log.contains("refused the capabilities of this target"),
         "no log line for the refusal"
     );
+    // Counted per target in /metrics, and the requests are timed by kind and outcome.
+    let puts = capability_puts(&s.mock, "edge-01/sensors");
+    let (code, metrics) = gate.admin_get("/metrics");
+    assert_eq!(code, 200, "{metrics}");
+    let refused = metric_value(
+        &metrics,
+        "wasmgate_wfm_capabilities_refused_total{device=\"edge-01/sensors\"}",
+    )
+    .unwrap_or_else(|| panic!("no refusal counter for edge-01/sensors in:\n{metrics}"));
+    assert!(
+        (puts.saturating_sub(1) as f64..=puts as f64).contains(&refused),
+        "{refused} refusals counted, {puts} reports refused"
+    );
+    assert!(
+        metric_value(
+            &metrics,
+            "wasmgate_wfm_capabilities_refused_total{device=\"edge-01/apps\"}"
+        )
+        .is_none(),
+        "an accepted target counted as refused"
+    );
+    for series in [
+        "wasmgate_wfm_request_duration_seconds_count{kind=\"capabilities\",outcome=\"rejected\"}",
+        "wasmgate_wfm_request_duration_seconds_count{kind=\"capabilities\",outcome=\"ok\"}",
+        "wasmgate_wfm_request_duration_seconds_count{kind=\"state\",outcome=\"ok\"}",
+        "wasmgate_wfm_request_duration_seconds_count{kind=\"status\",outcome=\"ok\"}",
+    ] {
+        assert!(
+            metric_value(&metrics, series).is_some_and(|n| n >= 1.0),
+            "{series} missing in:\n{metrics}"
+        );
+    }
 
     s.mock.refuse_capabilities("edge-01/sensors", None);
     s.mock
@@ -152,6 +208,24 @@ fn an_unauthorized_client_stops_the_cycle() {
             .is_some_and(|e| e.contains("403"))
     });
     assert_eq!(status["wfm"]["connected"], true);
+    // Every request is refused now: the first refusal ends the cycle (no manifest poll,
+    // no status delivery after it) and the next cycle waits the longest back-off.
+    std::thread::sleep(Duration::from_secs(3));
+    let refused: Vec<_> = s
+        .mock
+        .requests()
+        .into_iter()
+        .filter(|r| r.status == 403)
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert_eq!(refused.len(), 1, "requests after the refusal: {refused:?}");
+}
+
+/// The value of one series (`name{labels}` exactly as rendered) in a text exposition.
+fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 fn yaml_without_id() -> String {
