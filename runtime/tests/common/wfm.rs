@@ -134,6 +134,8 @@ pub struct Recorded {
     pub at: Instant,
     /// rc.3: SPIFFE ID of the client certificate of the connection.
     pub peer_spiffe_id: Option<String>,
+    /// rc.3: DER of the client certificate the connection was made with.
+    pub peer_cert_der: Option<Vec<u8>>,
 }
 
 impl Recorded {
@@ -165,6 +167,11 @@ pub struct MockOptions {
     pub max_signature_age_secs: u64,
     /// rc.2: how signatures are verified.
     pub verifier: SignatureVerifier,
+    /// Answer as Margo's conformance mock does: capabilities `{"status":
+    /// "capabilities_received"}` (plus its non-spec `_client_cert` object in rc.3) and
+    /// status reports always `200 {"acknowledgement":"received"}`. Default false (empty
+    /// bodies, 201 on the first status of a deployment in rc.3).
+    pub conformance_replies: bool,
 }
 
 /// How the mock rebuilds `@signature-params` when it verifies an rc.2 signature.
@@ -186,6 +193,7 @@ impl Default for MockOptions {
             rc2_allow_custom: false,
             max_signature_age_secs: 300,
             verifier: SignatureVerifier::Strict,
+            conformance_replies: false,
         }
     }
 }
@@ -224,6 +232,7 @@ impl MockWfm {
             addr,
             max_age: options.max_signature_age_secs,
             verifier: options.verifier,
+            conformance_replies: options.conformance_replies,
             schemas,
             state: Mutex::new(State::new()),
         });
@@ -379,6 +388,24 @@ impl MockWfm {
         self.inner.state.lock().unwrap().authorized = authorized;
     }
 
+    /// Adds these members to every manifest served from now on (`None`: stop), as
+    /// Margo's conformance mock adds its non-spec `_client_cert` object. The ETag covers
+    /// them; a client must ignore members it does not know.
+    pub fn set_manifest_extra(&self, extra: Option<serde_json::Map<String, Value>>) {
+        self.inner.state.lock().unwrap().manifest_extra = extra;
+    }
+
+    /// rc.2: refuses every onboarding with `status` (`None`: accept again), as the
+    /// conformance mock refuses a blocklisted certificate (`403 Client rejected`).
+    pub fn refuse_onboarding(&self, status: Option<u16>) {
+        self.inner.state.lock().unwrap().onboarding_refusal = status;
+    }
+
+    /// Every digest that appeared in a served manifest or as content so far.
+    pub fn advertised_digests(&self) -> HashSet<String> {
+        self.inner.state.lock().unwrap().advertised.clone()
+    }
+
     /// rc.2: forget every onboarded client (later calls get `404 invalid-client`).
     pub fn forget_rc2_clients(&self) {
         self.inner.state.lock().unwrap().rc2_clients.clear();
@@ -529,6 +556,10 @@ struct State {
     /// deviceId -> status to refuse its capabilities with (see `refuse_capabilities`).
     refused_capabilities: BTreeMap<String, u16>,
     rc2_clients: Vec<(String, p256::ecdsa::VerifyingKey)>,
+    /// Members added to every served manifest (see `set_manifest_extra`).
+    manifest_extra: Option<serde_json::Map<String, Value>>,
+    /// rc.2: status every onboarding is refused with (see `refuse_onboarding`).
+    onboarding_refusal: Option<u16>,
 }
 
 impl State {
@@ -552,6 +583,8 @@ impl State {
             authorized: true,
             refused_capabilities: BTreeMap::new(),
             rc2_clients: vec![],
+            manifest_extra: None,
+            onboarding_refusal: None,
         }
     }
 }
@@ -563,6 +596,7 @@ struct Inner {
     addr: SocketAddr,
     max_age: u64,
     verifier: SignatureVerifier,
+    conformance_replies: bool,
     schemas: Schemas,
     state: Mutex<State>,
 }
@@ -1046,6 +1080,7 @@ fn bind_reuse(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 
 struct ConnInfo {
     spiffe_id: Option<String>,
+    cert_der: Option<Vec<u8>>,
 }
 
 async fn accept_loop(
@@ -1124,9 +1159,12 @@ async fn accept_loop(
                     inner.state.lock().unwrap().handshakes.push(Handshake {
                         at: Instant::now(),
                         client_spiffe_id: spiffe_id.clone(),
-                        client_cert_der: cert,
+                        client_cert_der: cert.clone(),
                     });
-                    let conn = Arc::new(ConnInfo { spiffe_id });
+                    let conn = Arc::new(ConnInfo {
+                        spiffe_id,
+                        cert_der: cert,
+                    });
                     let svc = hyper::service::service_fn(move |req| {
                         let inner = inner.clone();
                         let conn = conn.clone();
@@ -1151,6 +1189,8 @@ struct Req {
     query: Option<String>,
     headers: HeaderMap,
     body: Bytes,
+    /// rc.3: SPIFFE ID of the connection's client certificate.
+    peer: Option<String>,
 }
 
 struct Reply {
@@ -1195,6 +1235,7 @@ async fn serve(
         query: parts.uri.query().map(String::from),
         headers: parts.headers,
         body,
+        peer: conn.spiffe_id.clone(),
     };
     let reply = {
         let mut st = inner.state.lock().unwrap();
@@ -1212,6 +1253,7 @@ async fn serve(
             status: reply.status,
             at: Instant::now(),
             peer_spiffe_id: conn.spiffe_id.clone(),
+            peer_cert_der: conn.cert_der.clone(),
         });
         reply
     };
@@ -1609,10 +1651,24 @@ impl Inner {
             }
         }
         let created = st.devices.insert(device_id.to_string(), body).is_none();
-        match self.profile {
-            Profile::Rc3 => Reply::empty(if created { 201 } else { 200 }),
-            Profile::Rc2 => Reply::empty(201),
+        let status = match self.profile {
+            Profile::Rc3 => {
+                if created {
+                    201
+                } else {
+                    200
+                }
+            }
+            Profile::Rc2 => 201,
+        };
+        if !self.conformance_replies {
+            return Reply::empty(status);
         }
+        let mut ack = json!({ "status": "capabilities_received" });
+        if let Some(id) = &req.peer {
+            ack["_client_cert"] = json!({ "spiffe_id": id, "trust_domain": "example.org" });
+        }
+        json_reply(status, &ack)
     }
 
     /// Rules from the spec prose that the OpenAPI cannot express.
@@ -1740,7 +1796,10 @@ impl Inner {
             }
             Some(_) => {}
         }
-        let manifest = self.manifest(st, url_api);
+        let mut manifest = self.manifest(st, url_api);
+        if let (Some(extra), Some(m)) = (&st.manifest_extra, manifest.as_object_mut()) {
+            m.extend(extra.clone());
+        }
         let body = serde_json::to_vec(&manifest).unwrap();
         let etag = format!("\"{}\"", sha256_digest(&body));
         if self.if_none_match(st, req, &etag) {
@@ -1944,6 +2003,9 @@ impl Inner {
         }
         st.statuses.push(body);
         let created = st.status_ids.insert(body_id.to_string());
+        if self.conformance_replies {
+            return json_reply(200, &json!({ "acknowledgement": "received" }));
+        }
         match self.profile {
             Profile::Rc3 => Reply::empty(if created { 201 } else { 200 }),
             Profile::Rc2 => Reply::empty(200),
@@ -2139,6 +2201,15 @@ impl Inner {
             Ok(b) => b,
             Err(r) => return r,
         };
+        if let Some(code) = st.onboarding_refusal {
+            return self.problem(
+                code,
+                "certificate-not-trusted",
+                "Client rejected",
+                "refused by the test",
+                req,
+            );
+        }
         let mut errors = schema_errors(self.schemas.onboarding.as_ref().unwrap(), &body);
         if body["apiVersion"] != json!(RC2_ONBOARDING_API_VERSION) {
             errors.push((
@@ -2183,6 +2254,14 @@ impl Inner {
             headers: vec![("content-type", "application/json".into())],
             body: Bytes::from(serde_json::to_vec(&json!({ "clientId": client_id })).unwrap()),
         }
+    }
+}
+
+fn json_reply(status: u16, body: &Value) -> Reply {
+    Reply {
+        status,
+        headers: vec![("content-type", "application/json".into())],
+        body: Bytes::from(serde_json::to_vec(body).unwrap()),
     }
 }
 
