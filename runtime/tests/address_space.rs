@@ -43,7 +43,7 @@ fn limited(bytes: u64) -> Command {
         command.pre_exec(move || {
             Ok(rustix::process::setrlimit(
                 rustix::process::Resource::As,
-                limit.clone(),
+                limit,
             )?)
         });
     }
