@@ -45,7 +45,9 @@ mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "margo:edge/platform",
-        imports: { default: trappable },
+        // Key-value calls wait on disk: async, so they never block the thread a guest
+        // runs on.
+        imports: { "wasi:keyvalue": async | trappable, default: trappable },
         with: {
             "wasi:keyvalue/store.bucket": crate::keyvalue::Bucket,
         },

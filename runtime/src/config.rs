@@ -48,9 +48,24 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Admin listener (`/healthz`, `/status`, `/metrics`); off when absent.
     pub admin: Option<SocketAddr>,
-    /// Largest request body handed to a guest.
+    /// Largest request body handed to a guest; a larger declared `content-length` is
+    /// answered 413 before routing.
     #[serde(default = "default_max_body")]
     pub max_request_body: ByteSize,
+    /// Longest a connection may take to deliver a complete request head, counted from
+    /// accept or from the end of its previous response. Default 10s.
+    pub header_timeout: Option<HumanDuration>,
+    /// Longest a connection may stay open without a request in progress and without a
+    /// byte of the next one. Default 5s.
+    pub idle_timeout: Option<HumanDuration>,
+    /// Most ingress connections open at once; more wait in the listen backlog. Default
+    /// 1024, lowered when the open-file limit leaves less room.
+    pub max_connections: Option<u32>,
+    /// Largest request head (request line and headers); larger ones get 431. Default 32Ki.
+    pub max_header_size: Option<ByteSize>,
+    /// Bound on a graceful shutdown (SIGTERM / Ctrl-C). Default: the largest partition
+    /// `timeout` plus its `queue-timeout` plus 5s.
+    pub shutdown_timeout: Option<HumanDuration>,
 }
 
 impl Default for HttpConfig {
@@ -59,7 +74,63 @@ impl Default for HttpConfig {
             listen: default_listen(),
             admin: None,
             max_request_body: default_max_body(),
+            header_timeout: None,
+            idle_timeout: None,
+            max_connections: None,
+            max_header_size: None,
+            shutdown_timeout: None,
         }
+    }
+}
+
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_MAX_HEADER_SIZE: u64 = 32 << 10;
+/// Added to the slowest partition's deadline for the default shutdown bound: room for
+/// the response to be written and the connection to close.
+pub const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
+
+impl HttpConfig {
+    /// The ingress connection limits; `max_connections` as configured (`None`: the
+    /// ingress picks a default that fits the open-file limit).
+    pub fn connection_limits(&self) -> crate::ingress::ConnectionLimits {
+        crate::ingress::ConnectionLimits {
+            header_timeout: self.header_timeout.map_or(DEFAULT_HEADER_TIMEOUT, |d| d.0),
+            idle_timeout: self.idle_timeout.map_or(DEFAULT_IDLE_TIMEOUT, |d| d.0),
+            max_connections: self
+                .max_connections
+                .map_or_else(crate::ingress::default_max_connections, |n| n as usize),
+            max_header_size: self
+                .max_header_size
+                .map_or(DEFAULT_MAX_HEADER_SIZE, |b| b.0) as usize,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: &str| Err(ConfigError::Invalid(format!("[http] {m}")));
+        let positive = [
+            ("header-timeout", self.header_timeout),
+            ("idle-timeout", self.idle_timeout),
+            ("shutdown-timeout", self.shutdown_timeout),
+        ];
+        for (key, value) in positive {
+            if value.is_some_and(|d| d.0.is_zero()) {
+                return invalid(&format!("{key}: expected more than 0s"));
+            }
+        }
+        if self
+            .max_connections
+            .is_some_and(|n| n == 0 || n > 1_000_000)
+        {
+            return invalid("max-connections: expected 1 to 1000000");
+        }
+        if self
+            .max_header_size
+            .is_some_and(|b| !(1 << 10..=1 << 20).contains(&b.0))
+        {
+            return invalid("max-header-size: expected 1Ki to 1Mi");
+        }
+        Ok(())
     }
 }
 
@@ -314,6 +385,21 @@ impl Config {
         self.device.as_ref().map(|d| d.mode).unwrap_or_default()
     }
 
+    /// How long a graceful shutdown may take before the process exits anyway.
+    pub fn shutdown_timeout(&self) -> Duration {
+        self.http.shutdown_timeout.map_or_else(
+            || {
+                self.partitions
+                    .iter()
+                    .map(|p| p.timeout() + p.queue_timeout())
+                    .max()
+                    .unwrap_or(DEFAULT_TIMEOUT + DEFAULT_QUEUE_TIMEOUT)
+                    + SHUTDOWN_MARGIN
+            },
+            |d| d.0,
+        )
+    }
+
     pub fn watch_interval(&self) -> Duration {
         self.watch_interval
             .map(|d| d.0)
@@ -323,6 +409,7 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         self.wfm_settings()?;
+        self.http.validate()?;
         if self
             .watch_interval
             .is_some_and(|d| d.0 < Duration::from_millis(50))
@@ -500,6 +587,38 @@ mod tests {
     }
 
     #[test]
+    fn http_limits_parse_with_defaults() {
+        let config = Config::parse(
+            r#"
+            [http]
+            header-timeout = "3s"
+            idle-timeout = "500ms"
+            max-connections = 200
+            max-header-size = "16Ki"
+            shutdown-timeout = "1m"
+            "#,
+        )
+        .unwrap();
+        let limits = config.http.connection_limits();
+        assert_eq!(limits.header_timeout, Duration::from_secs(3));
+        assert_eq!(limits.idle_timeout, Duration::from_millis(500));
+        assert_eq!(limits.max_connections, 200);
+        assert_eq!(limits.max_header_size, 16 << 10);
+        assert_eq!(config.shutdown_timeout(), Duration::from_secs(60));
+
+        let defaults = Config::parse(
+            "[[partition]]\nid = \"a\"\ncpu = 1\nmemory = \"1Gi\"\nstorage = \"1Gi\"\ntimeout = \"40s\"",
+        )
+        .unwrap();
+        let limits = defaults.http.connection_limits();
+        assert_eq!(limits.header_timeout, DEFAULT_HEADER_TIMEOUT);
+        assert_eq!(limits.idle_timeout, DEFAULT_IDLE_TIMEOUT);
+        assert_eq!(limits.max_header_size, DEFAULT_MAX_HEADER_SIZE as usize);
+        // 40s deadline + 2s default queue wait + margin.
+        assert_eq!(defaults.shutdown_timeout(), Duration::from_secs(47));
+    }
+
+    #[test]
     fn artifacts_and_registries_parse() {
         let config = Config::parse(
             r#"
@@ -547,6 +666,10 @@ mod tests {
             ("[registries.\"r.io\"]\ntoken = \"t\"\nusername = \"u\"\npassword = \"p\"", "not both"),
             ("[registries.\"r.io\"]\nprotocol = \"ftp\"", "protocol"),
             ("[artifacts]\nquota = \"1Gi\"", "quota"),
+            ("[http]\nheader-timeout = \"0s\"", "header-timeout"),
+            ("[http]\nidle-timeout = \"soon\"", "duration"),
+            ("[http]\nmax-connections = 0", "max-connections"),
+            ("[http]\nmax-header-size = \"4Mi\"", "max-header-size"),
         ];
         for (text, needle) in cases {
             let err = Config::parse(text).unwrap_err().to_string();

@@ -10,6 +10,7 @@ use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Where local mode gets its desired state.
 pub enum DesiredSource {
@@ -99,8 +100,12 @@ impl Host {
         })
     }
 
-    /// Serves until SIGINT / SIGTERM.
+    /// Serves until SIGTERM / SIGINT, then drains (see [`handle_signals`]).
     pub async fn run(mut self, source: DesiredSource) -> anyhow::Result<()> {
+        let signals = Signals::install().context("cannot install the signal handlers")?;
+        ingress::raise_fd_limit();
+        let limits = self.config.http.connection_limits();
+        warn_if_over_fd_limit(limits.max_connections);
         let listener = tokio::net::TcpListener::bind(self.config.http.listen)
             .await
             .with_context(|| format!("cannot listen on {}", self.config.http.listen))?;
@@ -110,23 +115,40 @@ impl Host {
             routes: self.routes.clone(),
             max_body: self.config.http.max_request_body.0,
         };
-        tokio::spawn(ingress::serve(listener, ingress));
+        let shutdown = ingress::Shutdown::new();
+        let mut drained = vec![tokio::spawn(ingress::serve_until(
+            listener,
+            ingress,
+            limits,
+            shutdown.clone(),
+        ))];
         if let Some(admin) = self.config.http.admin {
             let listener = tokio::net::TcpListener::bind(admin)
                 .await
                 .with_context(|| format!("cannot listen on admin address {admin}"))?;
             println!("wasmgate: admin on http://{}", listener.local_addr()?);
-            tokio::spawn(ingress::serve_admin(
+            drained.push(tokio::spawn(ingress::serve_admin(
                 listener,
                 AdminState {
                     device_id: self.config.device_id(),
                     status: self.status.clone(),
                     partitions: self.partitions.clone(),
                     routes: self.routes.clone(),
+                    metrics: self.reconciler.metrics().clone(),
                 },
-            ));
+                limits.admin(),
+                shutdown.clone(),
+            )));
         }
-        let shutdown = shutdown_signal();
+        tokio::spawn(handle_signals(
+            signals,
+            shutdown.clone(),
+            self.config.shutdown_timeout(),
+        ));
+        // Every source returns soon after this resolves; the WFM client after the
+        // exchange in progress, so what it sends before returning (its status outbox)
+        // is inside the shutdown bound.
+        let shutdown = shutdown.triggered();
         tokio::pin!(shutdown);
         match source {
             DesiredSource::Fixed(document) => {
@@ -136,9 +158,11 @@ impl Host {
             }
             DesiredSource::Wfm(settings) => {
                 let events = self.status.subscribe();
-                let client = crate::margo::WfmClient::new(*settings, self.config.clone(), events)
-                    .await
-                    .context("cannot start the Margo WFM client")?;
+                let metrics = self.reconciler.metrics().wfm.clone();
+                let client =
+                    crate::margo::WfmClient::new(*settings, self.config.clone(), events, metrics)
+                        .await
+                        .context("cannot start the Margo WFM client")?;
                 let (status, announced) = (self.status.clone(), &mut self.announced);
                 client
                     .run(&mut self.reconciler, shutdown, |reconciler| {
@@ -148,21 +172,39 @@ impl Host {
             }
             DesiredSource::Folder(dir) => {
                 let interval = self.config.watch_interval();
+                // Polled on a blocking thread: stat and read calls must not hold an
+                // async worker, and the watch remembers metadata so an unchanged
+                // folder is not read again.
+                let watch = Arc::new(std::sync::Mutex::new(local::FolderWatch::new(&dir)));
                 let mut last_digest = None;
                 loop {
-                    match local::scan(&dir, &self.reconciler.watched_files()) {
-                        // A changed folder, or the reconciler asks for another pass
-                        // (retrying a failed pull, collecting garbage).
-                        Ok(scan)
-                            if Some(scan.digest) != last_digest || self.reconciler.pass_due() =>
-                        {
-                            last_digest = Some(scan.digest);
-                            self.reconciler.apply(scan.documents).await;
+                    let watched = self.reconciler.watched_files();
+                    // A changed folder, or the reconciler asks for another pass
+                    // (retrying a failed pull, collecting garbage).
+                    let due = self.reconciler.pass_due();
+                    let poll = {
+                        let watch = watch.clone();
+                        tokio::task::spawn_blocking(move || {
+                            let mut watch = watch.lock().unwrap_or_else(|e| e.into_inner());
+                            watch.poll(&watched).map(|digest| {
+                                let documents =
+                                    (Some(digest) != last_digest || due).then(|| watch.documents());
+                                (digest, documents)
+                            })
+                        })
+                    };
+                    match poll.await {
+                        Ok(Ok((digest, Some(documents)))) => {
+                            last_digest = Some(digest);
+                            self.reconciler.apply(documents).await;
                             self.announce(addr);
                         }
-                        Ok(_) => {}
-                        Err(err) => {
+                        Ok(Ok((_, None))) => {}
+                        Ok(Err(err)) => {
                             tracing::error!(dir = %dir.display(), error = %err, "cannot read the deployments folder")
+                        }
+                        Err(err) => {
+                            tracing::error!(dir = %dir.display(), error = %err, "the deployments folder watch failed")
                         }
                     }
                     tokio::select! {
@@ -173,6 +215,10 @@ impl Host {
             }
         }
         println!("wasmgate: shutting down");
+        for listener in drained {
+            let _ = listener.await;
+        }
+        println!("wasmgate: stopped");
         Ok(())
     }
 
@@ -214,19 +260,91 @@ fn announce(
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Exit status when a graceful shutdown overran its bound.
+pub const EXIT_SHUTDOWN_TIMEOUT: i32 = 124;
+
+/// SIGTERM and SIGINT (Ctrl-C).
+struct Signals {
     #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing the SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                term: signal(SignalKind::terminate())?,
+                interrupt: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    /// The next signal's name and the exit status that reports being ended by it
+    /// (128 + its number, as a shell does).
+    async fn next(&mut self) -> (&'static str, i32) {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.term.recv() => ("SIGTERM", 128 + 15),
+                _ = self.interrupt.recv() => ("SIGINT", 128 + 2),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            ("Ctrl-C", 130)
         }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+}
+
+/// First signal: stop accepting and drain (in-flight requests and streaming bodies run
+/// to their deadlines); the process exits 0 once everything closed. The drain is bounded
+/// by `bound`: past it, or at a second signal, the process exits at once with
+/// [`EXIT_SHUTDOWN_TIMEOUT`] or 128 + the signal's number.
+async fn handle_signals(mut signals: Signals, shutdown: ingress::Shutdown, bound: Duration) {
+    let (name, _) = signals.next().await;
+    println!(
+        "wasmgate: {name} received; draining for at most {}s (a second signal stops at once)",
+        bound.as_secs_f64()
+    );
+    shutdown.trigger();
+    // A thread, not a task: the bound holds even if every async worker is stuck.
+    let watchdog = std::thread::Builder::new()
+        .name("shutdown-bound".into())
+        .spawn(move || {
+            std::thread::sleep(bound);
+            eprintln!(
+                "wasmgate: shutdown did not finish within {}s; exiting with in-flight requests cut",
+                bound.as_secs_f64()
+            );
+            std::process::exit(EXIT_SHUTDOWN_TIMEOUT);
+        });
+    if let Err(err) = watchdog {
+        tracing::error!(error = %err, "cannot start the shutdown watchdog; a second signal still stops at once");
+    }
+    let (name, status) = signals.next().await;
+    eprintln!("wasmgate: second signal ({name}); exiting without waiting for in-flight requests");
+    std::process::exit(status);
+}
+
+/// An explicit `max-connections` above what the open-file limit allows is honoured, but
+/// the operator hears that an idle flood can then exhaust descriptors for everything.
+fn warn_if_over_fd_limit(max_connections: usize) {
+    if let Some(limit) = ingress::fd_limit() {
+        if max_connections + ingress::ADMIN_MAX_CONNECTIONS + 64 > limit {
+            tracing::warn!(
+                max_connections,
+                open_file_limit = limit,
+                "max-connections leaves too few file descriptors: a connection flood can stop the admin listener and deployments; lower it or raise the limit"
+            );
+        }
+    }
 }
 
 /// The one-component document `wasmgate run` serves at `/`.
@@ -247,7 +365,9 @@ pub fn single_component_document(component: &std::path::Path) -> anyhow::Result<
                 })
                 .collect::<String>()
         })
-        .filter(|s| !s.is_empty() && s.len() <= 63)
+        // metadata.name must be a DNS-1123 label: no leading or trailing '-'.
+        .map(|s| s.trim_matches('-').to_owned())
+        .filter(|s| crate::deploy::model::is_dns_label(s))
         .unwrap_or_else(|| "component".into());
     let document = serde_json::json!({
         "id": "00000000-0000-4000-8000-000000000001",
@@ -268,5 +388,7 @@ pub fn single_component_document(component: &std::path::Path) -> anyhow::Result<
         source: path.display().to_string(),
         base_dir: path.parent().map(|p| p.to_owned()).unwrap_or_default(),
         yaml: serde_json::to_vec(&document)?,
+        expected_id: None,
+        refused: None,
     })
 }

@@ -12,5 +12,18 @@ pub mod host;
 pub mod ingress;
 pub mod margo;
 pub mod sandbox;
+pub mod telemetry;
 pub mod units;
 pub mod workload;
+
+/// Parse entry points the fuzz targets in `fuzz/` reach that are not public API
+/// otherwise. Not a stable interface: it exists so the fuzzers exercise the very code
+/// the runtime runs rather than a copy of it.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// The layer an OCI image manifest names as the component: `(digest, size)`, or
+    /// why the manifest is refused.
+    pub fn oci_component_layer(body: &[u8], max_size: u64) -> Result<(String, u64), String> {
+        crate::deploy::oci::component_layer(body, max_size).map_err(|(_, message)| message)
+    }
+}

@@ -1154,9 +1154,18 @@ async fn rc2_custom_can_be_allowed() {
     };
     let mut custom = rc2_capabilities("dev");
     custom["properties"]["supportedRuntimes"] = json!(["oci", "custom"]);
-
-    let body = serde_json::to_vec(&custom).unwrap();
     let path = format!("/api/v1/clients/{id}/capabilities/dev");
+    // Margo's custom-runtime extension: a device reporting `custom` must report labels.
+    let body = serde_json::to_vec(&custom).unwrap();
+    assert_eq!(
+        signed(&c, &s, "PUT", &path, &body, Tamper::None)
+            .await
+            .status,
+        422
+    );
+    mock.clear_records();
+    custom["labels"] = json!({ "wasm": true });
+    let body = serde_json::to_vec(&custom).unwrap();
     assert_eq!(
         signed(&c, &s, "PUT", &path, &body, Tamper::None)
             .await

@@ -4,7 +4,7 @@
 mod common;
 
 use common::pki::Pki;
-use common::wfm::{DownMode, Fixture, MockWfm, Profile};
+use common::wfm::{DownMode, Fixture, MockOptions, MockWfm, Profile, SignatureVerifier};
 use common::*;
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -22,6 +22,10 @@ struct Setup {
 }
 
 fn setup(profile: Profile, mode: &str) -> Setup {
+    setup_with(profile, mode, MockOptions::default())
+}
+
+fn setup_with(profile: Profile, mode: &str, options: MockOptions) -> Setup {
     let sandbox = Sandbox::new();
     let pki = Pki::new("example.org", "wfm-1", "edge-01");
     let files = pki.write_client_files(&sandbox.path().join("pki"));
@@ -29,9 +33,9 @@ fn setup(profile: Profile, mode: &str) -> Setup {
     let mock = MockWfm::start_with(
         profile,
         &pki,
-        common::wfm::MockOptions {
+        MockOptions {
             rc2_allow_custom: true,
-            ..Default::default()
+            ..options
         },
     );
     let transport = match profile {
@@ -160,6 +164,9 @@ fn wait_state(mock: &MockWfm, id: &str, state: &str, version: u64) {
             .any(|(s, v)| s == state && *v == version)
     });
 }
+
+#[path = "wfm/interop.rs"]
+mod interop;
 
 #[test]
 fn rc3_see_thru_capabilities_deploy_update_remove() {

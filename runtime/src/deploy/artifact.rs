@@ -14,6 +14,7 @@
 use super::model::ComponentSpec;
 use super::oci::{parse_reference, ComponentRef, OciError, OciErrorKind, OciFetcher, OciSettings};
 use super::store::{sha256_hex, BlobStore, Pin};
+use crate::fsutil::{self, BoundedReadError};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -39,12 +40,19 @@ pub enum ArtifactError {
         path: PathBuf,
         message: String,
     },
-    #[error("repository {repository:?}: {path} is {size} bytes; the limit is {limit}")]
+    /// `size` is the metadata's; `None` when the file held more than it said.
+    #[error("repository {repository:?}: {path} is {}; the limit is {limit}", match size { Some(size) => format!("{size} bytes"), None => format!("more than {limit} bytes") })]
     TooLarge {
         repository: String,
         path: PathBuf,
-        size: u64,
+        size: Option<u64>,
         limit: u64,
+    },
+    #[error("repository {repository:?}: {path} is {kind}; a component must be a regular file (or a symbolic link to one)")]
+    NotRegular {
+        repository: String,
+        path: PathBuf,
+        kind: &'static str,
     },
     #[error("repository {repository:?}: {path} is not a WebAssembly component ({what}); build it for wasm32-wasip2 or wrap a core module with `wasm-tools component new`")]
     NotAComponent {
@@ -65,6 +73,8 @@ impl ArtifactError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Oci(e) => e.kind.code(),
+            Self::TooLarge { .. } => "wasmgate.too-large",
+            Self::NotRegular { .. } => "wasmgate.not-regular",
             _ => "wasmgate.artifact",
         }
     }
@@ -128,6 +138,10 @@ fn check_component(bytes: &[u8]) -> Result<(), &'static str> {
 }
 
 /// Reads and checks a local component file.
+///
+/// Only regular files are read (a symbolic link is followed when it resolves to one);
+/// FIFOs, devices and sockets are refused without blocking, and at most the size limit
+/// is read whatever the file's metadata claims.
 pub fn load_local(repository: &str, base_dir: &Path) -> Result<Artifact, ArtifactError> {
     load_local_limited(repository, base_dir, MAX_COMPONENT_BYTES)
 }
@@ -138,24 +152,35 @@ fn load_local_limited(
     limit: u64,
 ) -> Result<Artifact, ArtifactError> {
     let path = local_path(repository, base_dir)?;
-    let read_err = |e: std::io::Error| ArtifactError::Read {
-        repository: repository.into(),
-        path: path.clone(),
-        message: e.to_string(),
+    let repository = repository.to_owned();
+    let bytes = match fsutil::read_regular_bounded(&path, limit) {
+        Ok(bytes) => bytes,
+        Err(BoundedReadError::TooLarge { size, limit, .. }) => {
+            return Err(ArtifactError::TooLarge {
+                repository,
+                path,
+                size,
+                limit,
+            })
+        }
+        Err(BoundedReadError::NotRegular { kind, .. }) => {
+            return Err(ArtifactError::NotRegular {
+                repository,
+                path,
+                kind,
+            })
+        }
+        Err(BoundedReadError::Io { source, .. }) => {
+            return Err(ArtifactError::Read {
+                repository,
+                path,
+                message: source.to_string(),
+            })
+        }
     };
-    let size = std::fs::metadata(&path).map_err(read_err)?.len();
-    if size > limit {
-        return Err(ArtifactError::TooLarge {
-            repository: repository.into(),
-            path,
-            size,
-            limit,
-        });
-    }
-    let bytes = std::fs::read(&path).map_err(read_err)?;
     if let Err(what) = check_component(&bytes) {
         return Err(ArtifactError::NotAComponent {
-            repository: repository.into(),
+            repository,
             path,
             what,
         });
@@ -444,6 +469,39 @@ mod tests {
         assert!(artifact.digest.starts_with("sha256:"));
         let err = load_local_limited("c.wasm", base, 4).unwrap_err();
         assert!(err.to_string().contains("limit is 4"), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn special_files_are_refused_and_links_to_components_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path();
+        let err = load_local("/dev/zero", base).unwrap_err();
+        assert_eq!(err.code(), "wasmgate.not-regular", "{err}");
+        assert!(err.to_string().contains("character device"), "{err}");
+        let err = load_local("file:///dev/zero", base).unwrap_err();
+        assert_eq!(err.code(), "wasmgate.not-regular", "{err}");
+
+        assert!(std::process::Command::new("mkfifo")
+            .arg(base.join("pipe.wasm"))
+            .status()
+            .unwrap()
+            .success());
+        let err = load_local("pipe.wasm", base).unwrap_err();
+        assert_eq!(err.code(), "wasmgate.not-regular", "{err}");
+        assert!(err.to_string().contains("FIFO"), "{err}");
+
+        std::fs::write(base.join("real.wasm"), COMPONENT_HEADER).unwrap();
+        std::os::unix::fs::symlink(base.join("real.wasm"), base.join("link.wasm")).unwrap();
+        assert!(load_local("link.wasm", base).unwrap().watch);
+        std::os::unix::fs::symlink("/dev/zero", base.join("zero.wasm")).unwrap();
+        let err = load_local("zero.wasm", base).unwrap_err();
+        assert_eq!(err.code(), "wasmgate.not-regular", "{err}");
+
+        // procfs files say 0 bytes and hold more: the limit still holds.
+        let err = load_local_limited("/proc/self/maps", base, 64).unwrap_err();
+        assert_eq!(err.code(), "wasmgate.too-large", "{err}");
+        assert!(err.to_string().contains("more than 64 bytes"), "{err}");
     }
 
     fn component(repository: &str) -> ComponentSpec {

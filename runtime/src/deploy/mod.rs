@@ -11,5 +11,5 @@ mod reconciler;
 pub mod status;
 pub mod store;
 
-pub use reconciler::{DesiredDeployment, Reconciler};
+pub use reconciler::{DesiredDeployment, Reconciler, Refusal};
 pub use status::{DeploymentState, StatusBoard};

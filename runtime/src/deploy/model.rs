@@ -14,13 +14,82 @@ use std::time::Duration;
 pub struct ModelError {
     pub field: String,
     pub message: String,
+    /// A valid document of a deployment type wasmgate does not run (`helm`, `compose`).
+    pub unsupported_type: bool,
+}
+
+impl ModelError {
+    /// The status code reported for this problem.
+    pub fn code(&self) -> &'static str {
+        if self.unsupported_type {
+            "wasmgate.unsupported-type"
+        } else {
+            "wasmgate.invalid"
+        }
+    }
 }
 
 fn model_err(field: impl Into<String>, message: impl Into<String>) -> ModelError {
     ModelError {
         field: field.into(),
         message: message.into(),
+        unsupported_type: false,
     }
+}
+
+/// The longest YAML error message passed on (status, logs).
+const MAX_YAML_ERROR_CHARS: usize = 300;
+
+/// A YAML parse error without the input it may quote: serde names the offending value
+/// (`invalid type: string "root:x:0:0:..."`), which would put the content of any file
+/// given as a deployment into the unauthenticated `/status`. Position and field path
+/// stay; every quoted or back-quoted value before serde's `, expected` (what the schema
+/// wanted, never input) is replaced by `…`, except the schema's own field names in
+/// `missing field` / `duplicate field`.
+fn redacted_yaml_error(err: &serde_norway::Error) -> String {
+    redact_quoted(
+        &err.to_string(),
+        err.location().map(|at| (at.line(), at.column())),
+    )
+}
+
+fn redact_quoted(text: &str, location: Option<(usize, usize)>) -> String {
+    let (input_part, expected) = match text.find(", expected ") {
+        Some(at) => text.split_at(at),
+        None => (text, ""),
+    };
+    let keep_backquoted = ["missing field `", "duplicate field `"]
+        .iter()
+        .any(|m| input_part.contains(m));
+    let mut out = String::with_capacity(text.len().min(MAX_YAML_ERROR_CHARS));
+    let mut chars = input_part.chars();
+    while let Some(c) = chars.next() {
+        if c == '"' || (c == '`' && !keep_backquoted) {
+            out.push(c);
+            out.push('…');
+            let mut escaped = false;
+            for inner in chars.by_ref() {
+                if inner == c && !escaped {
+                    out.push(c);
+                    break;
+                }
+                escaped = !escaped && inner == '\\';
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out.push_str(expected);
+    let cut = out.chars().count() > MAX_YAML_ERROR_CHARS;
+    if cut {
+        out = out.chars().take(MAX_YAML_ERROR_CHARS).collect();
+        out.push('…');
+    }
+    // serde_norway leaves out a position at the very start of the document.
+    if let Some((line, column)) = location.filter(|_| cut || !out.contains(" at line ")) {
+        out.push_str(&format!(" (at line {line} column {column})"));
+    }
+    out
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -179,6 +248,75 @@ fn warn_unknown(at: &str, other: &BTreeMap<String, Value>) {
     }
 }
 
+/// What a deployment document still tells when it fails validation, so that its failed
+/// status names the deployment, its components and its target as a WFM expects.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outline {
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub device_id: Option<String>,
+    pub components: Vec<String>,
+}
+
+/// A `deviceId` that names one partition (`DEVICE/PARTITION`), not the host's choice.
+pub fn directed_target(device_id: Option<&str>) -> Option<String> {
+    device_id
+        .filter(|d| !d.ends_with("/*") && d.contains('/'))
+        .map(str::to_owned)
+}
+
+/// At most this many component names are taken from a document that failed.
+const OUTLINE_COMPONENTS: usize = 64;
+
+impl Outline {
+    /// Reads what it can from `bytes`, ignoring everything that is not as expected:
+    /// only values that would pass validation are kept.
+    pub fn of_yaml(bytes: &[u8]) -> Self {
+        let Ok(doc) = serde_norway::from_slice::<Value>(bytes) else {
+            return Self::default();
+        };
+        let text = |pointer: &str| doc.pointer(pointer).and_then(Value::as_str);
+        let components = doc
+            .pointer("/spec/deploymentProfile/components")
+            .and_then(Value::as_array)
+            .map(|list| {
+                list.iter()
+                    .filter_map(|c| c.get("name").and_then(Value::as_str))
+                    .filter(|n| is_component_name(n))
+                    .take(OUTLINE_COMPONENTS)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            id: text("/id").filter(|id| is_uuid(id)).map(str::to_owned),
+            name: text("/metadata/name")
+                .filter(|n| !n.trim().is_empty() && n.len() <= 253)
+                .map(str::to_owned),
+            device_id: text("/metadata/deviceId")
+                .filter(|d| is_valid_device_id(d))
+                .map(str::to_owned),
+            components,
+        }
+    }
+
+    /// The partition the document names directly (`DEVICE/PARTITION`), if any.
+    pub fn directed_target(&self) -> Option<String> {
+        directed_target(self.device_id.as_deref())
+    }
+}
+
+impl From<&Deployment> for Outline {
+    fn from(d: &Deployment) -> Self {
+        Self {
+            id: Some(d.id.clone()),
+            name: Some(d.name.clone()),
+            device_id: d.device_id.clone(),
+            components: d.components.iter().map(|c| c.name.clone()).collect(),
+        }
+    }
+}
+
 /// Shortest timer period accepted: faster timers are a busy loop in disguise.
 pub const MIN_TIMER_PERIOD: Duration = Duration::from_millis(100);
 
@@ -197,6 +335,64 @@ pub fn is_valid_device_id(s: &str) -> bool {
     !body.is_empty() && body.split('/').all(crate::config::is_valid_id_segment)
 }
 
+/// A value from the document for an error message: quoted and escaped (a newline or
+/// quote cannot start a forged log line) and cut short (a megabyte name is not echoed).
+fn preview(s: &str) -> String {
+    const MAX_CHARS: usize = 64;
+    let mut cut: String = s.chars().take(MAX_CHARS).collect();
+    if cut.len() < s.len() {
+        cut.push_str("...");
+    }
+    format!("{cut:?}")
+}
+
+/// Longest `metadata.name` / `metadata.namespace`: a Kubernetes DNS label.
+pub const MAX_NAME_LEN: usize = 63;
+
+/// `metadata.name` and `metadata.namespace`: Margo gives them no pattern of their own
+/// but uses them as Kubernetes release name and namespace, so they follow the
+/// Kubernetes DNS-1123 label rule: 1 to 63 characters, lowercase letters, digits and
+/// `-`, starting and ending with a letter or digit (`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`).
+pub fn is_dns_label(s: &str) -> bool {
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let bytes = s.as_bytes();
+    match (bytes.first(), bytes.last()) {
+        (Some(&first), Some(&last)) => {
+            bytes.len() <= MAX_NAME_LEN
+                && alnum(first)
+                && alnum(last)
+                && bytes.iter().all(|&b| alnum(b) || b == b'-')
+        }
+        _ => false,
+    }
+}
+
+const DNS_LABEL_RULE: &str = "expected 1 to 63 lowercase letters, digits and '-', starting and ending with a letter or digit (a Kubernetes DNS-1123 label)";
+
+/// `spec.applicationId`, as Margo's schema has it: `^[-a-z0-9]{1,200}$`.
+fn is_application_id(s: &str) -> bool {
+    (1..=200).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// An HTTP route prefix: `/` then URL path characters (RFC 3986 `pchar` and `/`), at
+/// most 1024 bytes. Routes are printed and reported, so no spaces, quotes or controls.
+fn is_route(s: &str) -> bool {
+    s.starts_with('/')
+        && s.len() <= 1024
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@%/".contains(&b))
+}
+
+/// An HTTP trigger's host: a DNS name (letters, digits, `-`, `.`), at most 253 bytes.
+fn is_host(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
 fn is_component_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
@@ -213,13 +409,45 @@ fn config_text(value: &Value) -> String {
     }
 }
 
+/// Deepest `[` / `{` nesting a deployment document may have. The YAML parser's cost
+/// grows with the square of the flow nesting depth (100k levels, 200 KB, take minutes),
+/// and serde refuses more than 128 levels anyway, only after the parser is done.
+pub const MAX_FLOW_DEPTH: usize = 256;
+
+/// Refuses documents that could nest flow collections deeper than [`MAX_FLOW_DEPTH`].
+/// Every bracket counts, also inside quotes and comments: telling those apart needs the
+/// very parser this guards, and no real deployment has hundreds of unclosed brackets.
+fn check_flow_depth(bytes: &[u8]) -> Result<(), ModelError> {
+    let mut depth = 0usize;
+    for b in bytes {
+        match b {
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_FLOW_DEPTH {
+                    return Err(model_err(
+                        "document",
+                        format!("nested deeper than {MAX_FLOW_DEPTH} levels of [ ] / {{ }}"),
+                    ));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 impl Deployment {
     /// Parses and validates a deployment YAML.
     pub fn from_yaml(bytes: &[u8]) -> Result<Self, ModelError> {
+        check_flow_depth(bytes)?;
         let raw: RawDeployment = serde_norway::from_slice(bytes).map_err(|e| {
             model_err(
                 "document",
-                format!("not a valid ApplicationDeployment YAML: {e}"),
+                format!(
+                    "not a valid ApplicationDeployment YAML: {}",
+                    redacted_yaml_error(&e)
+                ),
             )
         })?;
         Self::validate(raw)
@@ -232,7 +460,10 @@ impl Deployment {
         if !is_uuid(&id) {
             return Err(model_err(
                 "id",
-                format!("{id:?} is not a UUID (e.g. 3f0c6d52-1b7e-4a39-9d2a-8e5b7c4a1f01)"),
+                format!(
+                    "{} is not a UUID (e.g. 3f0c6d52-1b7e-4a39-9d2a-8e5b7c4a1f01)",
+                    preview(&id)
+                ),
             ));
         }
         let metadata = raw
@@ -242,11 +473,25 @@ impl Deployment {
             .name
             .filter(|n| !n.trim().is_empty())
             .ok_or_else(|| model_err("metadata.name", "missing or empty"))?;
+        if !is_dns_label(&name) {
+            return Err(model_err(
+                "metadata.name",
+                format!("{}: {DNS_LABEL_RULE}", preview(&name)),
+            ));
+        }
+        if let Some(namespace) = &metadata.namespace {
+            if !is_dns_label(namespace) {
+                return Err(model_err(
+                    "metadata.namespace",
+                    format!("{}: {DNS_LABEL_RULE}", preview(namespace)),
+                ));
+            }
+        }
         if let Some(device_id) = &metadata.device_id {
             if !is_valid_device_id(device_id) {
                 return Err(model_err(
                     "metadata.deviceId",
-                    format!("{device_id:?}: expected DEVICE, DEVICE/PARTITION or DEVICE/* (letters, digits, '.', '_', '~', '-')"),
+                    format!("{}: expected DEVICE, DEVICE/PARTITION or DEVICE/* (letters, digits, '.', '_', '~', '-')", preview(device_id)),
                 ));
             }
         }
@@ -254,16 +499,28 @@ impl Deployment {
         let application_id = spec
             .application_id
             .ok_or_else(|| model_err("spec.applicationId", "missing"))?;
+        if !is_application_id(&application_id) {
+            return Err(model_err(
+                "spec.applicationId",
+                format!(
+                    "{}: expected 1 to 200 lowercase letters, digits and '-'",
+                    preview(&application_id)
+                ),
+            ));
+        }
         let profile = spec
             .deployment_profile
             .ok_or_else(|| model_err("spec.deploymentProfile", "missing"))?;
         match profile.kind.as_deref() {
             Some("custom") => {}
             Some(other) => {
-                return Err(model_err(
-                    "spec.deploymentProfile.type",
-                    format!("{other:?} is not supported: wasmgate runs `custom` (WebAssembly component) deployments"),
-                ))
+                return Err(ModelError {
+                    unsupported_type: true,
+                    ..model_err(
+                        "spec.deploymentProfile.type",
+                        format!("{other:?} is not supported: wasmgate runs `custom` (WebAssembly component) deployments"),
+                    )
+                })
             }
             None => return Err(model_err("spec.deploymentProfile.type", "missing; expected `custom`")),
         }
@@ -324,7 +581,10 @@ fn parse_component(
     if !is_component_name(&name) {
         return Err(model_err(
             format!("{at}.name"),
-            format!("{name:?}: expected lowercase letters, digits and dashes"),
+            format!(
+                "{}: expected 1 to 63 lowercase letters, digits and dashes",
+                preview(&name)
+            ),
         ));
     }
     let props = raw.properties.ok_or_else(|| {
@@ -405,10 +665,22 @@ fn parse_extensions(at: &str, value: Value) -> Result<WasmgateExtensions, ModelE
                 let http: RawHttpTrigger =
                     serde_json::from_value(spec).map_err(|e| model_err(&field, e.to_string()))?;
                 warn_unknown(&field, &http.other);
-                if !http.route.starts_with('/') {
+                if !is_route(&http.route) {
                     return Err(model_err(
                         format!("{field}.route"),
-                        format!("{:?}: expected a path starting with /", http.route),
+                        format!(
+                            "{}: expected a path starting with / (URL path characters only)",
+                            preview(&http.route)
+                        ),
+                    ));
+                }
+                if let Some(host) = http.host.as_deref().filter(|h| !is_host(h)) {
+                    return Err(model_err(
+                        format!("{field}.host"),
+                        format!(
+                            "{}: expected a DNS name (letters, digits, '-', '.'), without a port",
+                            preview(host)
+                        ),
                     ));
                 }
                 ext.http = Some(HttpTrigger {
@@ -494,6 +766,22 @@ spec:
     }
 
     #[test]
+    fn deep_flow_nesting_is_refused_before_parsing() {
+        let deep = format!("{GOOD}x: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+        let start = std::time::Instant::now();
+        let err = Deployment::from_yaml(deep.as_bytes()).unwrap_err();
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(err.message.contains("nested deeper"), "{err}");
+        // Many brackets that close again are not nesting.
+        let wide = format!("{GOOD}x: [{}]\n", "[], ".repeat(10_000));
+        Deployment::from_yaml(wide.as_bytes()).unwrap();
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let cases = [
             (
@@ -574,6 +862,131 @@ spec:
         let err = Deployment::from_yaml(b"id: [unclosed\nmetadata: {").unwrap_err();
         assert_eq!(err.field, "document");
         assert!(err.message.contains("line"), "{err}");
+    }
+
+    #[test]
+    fn yaml_errors_do_not_quote_the_input() {
+        let passwd =
+            "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n";
+        let err = Deployment::from_yaml(passwd.as_bytes()).unwrap_err();
+        assert!(
+            !err.message.contains("root") && !err.message.contains("daemon"),
+            "{err}"
+        );
+        assert!(err.message.contains("line 1 column 1"), "{err}");
+        assert!(err.message.contains("expected struct"), "{err}");
+
+        // A value deep in the document: the field path and position stay, the value goes.
+        let text = GOOD.replace(
+            "metadata:\n  name: hello\n  namespace: examples\n  deviceId: edge-01/apps\n",
+            "metadata: \"s3cr3t\\\" value\"\n",
+        );
+        let err = Deployment::from_yaml(text.as_bytes()).unwrap_err();
+        assert!(
+            !err.message.contains("s3cr3t") && !err.message.contains("value\""),
+            "{err}"
+        );
+        assert!(
+            err.message.starts_with(
+                "not a valid ApplicationDeployment YAML: metadata: invalid type: string \"…\""
+            ),
+            "{err}"
+        );
+        assert!(err.message.contains("line "), "{err}");
+
+        // Schema field names are not input and stay; what serde expected stays.
+        assert_eq!(
+            redact_quoted(
+                "spec: missing field `applicationId` at line 3 column 1",
+                None
+            ),
+            "spec: missing field `applicationId` at line 3 column 1"
+        );
+        assert_eq!(
+            redact_quoted(
+                "spec.type: unknown variant `root:x:0`, expected one of `custom`, `helm`",
+                None
+            ),
+            "spec.type: unknown variant `…`, expected one of `custom`, `helm`"
+        );
+        // An unterminated quote hides the rest.
+        assert_eq!(
+            redact_quoted("invalid size \"abc", None),
+            "invalid size \"…"
+        );
+
+        // Long messages are cut, the position is kept.
+        let long = format!("custom error {}", "k".repeat(2000));
+        let cut = redact_quoted(&long, Some((7, 3)));
+        assert!(cut.chars().count() < 400, "{cut}");
+        assert!(cut.ends_with("… (at line 7 column 3)"), "{cut}");
+    }
+
+    #[test]
+    fn names_follow_the_dns_label_rule() {
+        for ok in ["a", "hello", "sensor-filter", "x1", &"a".repeat(63)] {
+            assert!(is_dns_label(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "Hello",
+            "a_b",
+            "a.b",
+            "evil\"",
+            "a\nb",
+            "caf\u{e9}",
+            &"a".repeat(64),
+        ] {
+            assert!(!is_dns_label(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn hostile_names_are_refused_without_being_echoed_raw() {
+        let cases = [
+            ("name: hello\n", "name: \"evil\\\"\\nx\"\n", "metadata.name"),
+            (
+                "namespace: examples",
+                "namespace: Ex_amples",
+                "metadata.namespace",
+            ),
+            (
+                "applicationId: hello",
+                "applicationId: Hello.App",
+                "spec.applicationId",
+            ),
+            (
+                "- name: hello",
+                "- name: \"he\\nllo\"",
+                "components[0].name",
+            ),
+            (
+                "{route: /hello/}",
+                "{route: \"/a b\"}",
+                "trigger.http.route",
+            ),
+            (
+                "{route: /hello/}",
+                "{route: /x, host: \"a\\\"b\"}",
+                "trigger.http.host",
+            ),
+        ];
+        for (from, to, field) in cases {
+            let text = GOOD.replace(from, to);
+            assert_ne!(text, GOOD, "{from:?} not in the fixture");
+            let err = Deployment::from_yaml(text.as_bytes()).unwrap_err();
+            assert!(err.field.ends_with(field), "{to:?} gave {err:?}");
+            let shown = err.to_string();
+            assert!(!shown.contains('\n'), "{shown:?}");
+        }
+        // A long value is cut short in the message.
+        let long = GOOD.replace("name: hello\n", &format!("name: {}\n", "x".repeat(10_000)));
+        let err = Deployment::from_yaml(long.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("metadata.name") && err.len() < 300, "{err}");
     }
 
     #[test]

@@ -18,6 +18,7 @@
 
 use super::store::{sha256_hex, BlobStore, BlobWriteError, BlobWriter};
 use crate::config::{RegistryConfig, RegistryProtocol};
+use crate::telemetry::{OciMetrics, OciPull};
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::OciDescriptor;
@@ -30,7 +31,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Layer media type of a Wasm component (CNCF Wasm OCI artifact layout).
 pub const WASM_LAYER_MEDIA_TYPE: &str = "application/wasm";
@@ -229,7 +230,10 @@ fn is_wasm_layer(media_type: &str) -> bool {
 }
 
 /// Picks the component layer out of a manifest's bytes.
-fn component_layer(body: &[u8], max_size: u64) -> Result<(String, u64), (OciErrorKind, String)> {
+pub(crate) fn component_layer(
+    body: &[u8],
+    max_size: u64,
+) -> Result<(String, u64), (OciErrorKind, String)> {
     let manifest: RawManifest = serde_json::from_slice(body).map_err(|e| {
         (
             OciErrorKind::Protocol,
@@ -313,6 +317,8 @@ pub struct OciSettings {
     pub registries: BTreeMap<String, RegistryConfig>,
     /// Docker-style `config.json` with an `auths` map.
     pub auth_file: Option<PathBuf>,
+    /// Where pulls are counted.
+    pub metrics: OciMetrics,
 }
 
 impl Default for OciSettings {
@@ -322,6 +328,7 @@ impl Default for OciSettings {
             timeout: Duration::from_secs(300),
             registries: BTreeMap::new(),
             auth_file: None,
+            metrics: OciMetrics::default(),
         }
     }
 }
@@ -603,6 +610,16 @@ impl OciFetcher {
 
     /// Resolves `r` (tag or digest) to its manifest and component layer.
     pub async fn resolve(&self, r: &ComponentRef) -> Result<ResolvedLayer, OciError> {
+        let started = Instant::now();
+        let result = self.resolve_manifest(r).await;
+        let ok = result.is_ok();
+        self.settings
+            .metrics
+            .pull(OciPull::Manifest, ok, started.elapsed());
+        result
+    }
+
+    async fn resolve_manifest(&self, r: &ComponentRef) -> Result<ResolvedLayer, OciError> {
         let (client, auth) = self.client(r)?;
         self.manifest_pulls.fetch_add(1, Ordering::Relaxed);
         let pull = client.pull_manifest_raw(&r.reference, &auth, ACCEPTED_MANIFESTS);
@@ -640,6 +657,22 @@ impl OciFetcher {
     /// Streams layer `digest` of `r` into `store`, verifying size and sha256; nothing
     /// is stored unless both match.
     pub async fn fetch(
+        &self,
+        r: &ComponentRef,
+        digest: &str,
+        size: u64,
+        store: &BlobStore,
+    ) -> Result<(), OciError> {
+        let started = Instant::now();
+        let result = self.fetch_layer(r, digest, size, store).await;
+        let ok = result.is_ok();
+        self.settings
+            .metrics
+            .pull(OciPull::Layer, ok, started.elapsed());
+        result
+    }
+
+    async fn fetch_layer(
         &self,
         r: &ComponentRef,
         digest: &str,
@@ -687,6 +720,9 @@ impl OciFetcher {
         let pull = client.pull_blob(&r.reference, &descriptor, &mut sink);
         let result = tokio::time::timeout(self.settings.timeout, pull).await;
         let writer = sink.writer.take();
+        if let Some(w) = &writer {
+            self.settings.metrics.bytes(w.written());
+        }
         match result {
             Err(_) => {
                 return Err(r.error(

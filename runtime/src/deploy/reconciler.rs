@@ -4,13 +4,14 @@
 //! leaves the previous version serving.
 
 use super::artifact::{Artifact, ArtifactError, Artifacts, Resolved};
-use super::model::{ComponentSpec, Deployment};
+use super::model::{ComponentSpec, Deployment, Outline};
 use super::placement::{place, PlacementError, Requirement};
 use super::status::{ComponentStatus, DeploymentState, DeploymentStatus, StatusBoard, StatusError};
 use super::store::{collect_garbage, document_digest, AppliedRecord, AppliedStore, GcPolicy, Pin};
 use crate::engine::{AotCache, WasmEngine};
 use crate::ingress::{Route, RouteTable, SharedRoutes};
 use crate::sandbox::Partition;
+use crate::telemetry::{Metrics, ReconcileOutcome};
 use crate::units::ByteSize;
 use crate::workload::{Exports, InstanceState, Tick, Workload, WorkloadSpec};
 use sha2::{Digest, Sha256};
@@ -28,6 +29,20 @@ pub struct DesiredDeployment {
     /// Relative component paths resolve against this folder.
     pub base_dir: PathBuf,
     pub yaml: Vec<u8>,
+    /// The `id` the document must declare, when its origin names it (a WFM manifest
+    /// lists each YAML under a `deploymentId`). A different id fails this deployment.
+    pub expected_id: Option<String>,
+    /// Set when the document was not read because reading it was refused (local mode:
+    /// not a regular file, too large, a link out of the folder); `yaml` is then empty and
+    /// the source fails with this code and message, like a document that does not parse.
+    pub refused: Option<Refusal>,
+}
+
+/// Why a desired document was not read; never carries the document's content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: &'static str,
+    pub message: String,
 }
 
 /// A failure to apply one deployment, with the Margo error code to report.
@@ -128,6 +143,8 @@ pub struct Reconciler {
     retries: BTreeMap<String, Retry>,
     /// Capabilities document per partition id, for `deviceConstraints`.
     capabilities: BTreeMap<String, serde_json::Value>,
+    /// The host's metrics registry; workloads, the AOT cache and pulls record here.
+    metrics: Arc<Metrics>,
 }
 
 impl Reconciler {
@@ -140,10 +157,11 @@ impl Reconciler {
         status: Arc<StatusBoard>,
     ) -> wasmtime::Result<Self> {
         let linker = crate::workload::linker(&engine.engine)?;
+        let metrics = Arc::new(Metrics::new());
         Ok(Self {
             engine,
             linker,
-            aot,
+            aot: aot.with_metrics(metrics.aot.clone()),
             device_id,
             partitions,
             routes,
@@ -158,7 +176,13 @@ impl Reconciler {
             next_gc: None,
             retries: BTreeMap::new(),
             capabilities: BTreeMap::new(),
+            metrics,
         })
+    }
+
+    /// The metrics registry `/metrics` renders (and the WFM client records into).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The capabilities each partition advertises; deployments' `deviceConstraints`
@@ -180,6 +204,7 @@ impl Reconciler {
             timeout: config.artifacts.pull_timeout(),
             registries: config.registries.clone(),
             auth_file: config.artifacts.registry_auth_file.clone(),
+            metrics: self.metrics.oci.clone(),
         };
         self.artifacts = Arc::new(Artifacts::open(&state_dir.join("artifacts"), settings)?);
         self.records = Some(AppliedStore::open(state_dir.join("deployments"))?);
@@ -243,6 +268,7 @@ impl Reconciler {
 
     /// Makes the running set equal to `desired`.
     pub async fn apply(&mut self, desired: Vec<DesiredDeployment>) {
+        let started = Instant::now();
         self.status.set_reconciled(false);
         if !self.restored {
             self.restored = true;
@@ -256,12 +282,16 @@ impl Reconciler {
         desired.sort_by(|a, b| a.source.cmp(&b.source));
         for item in desired {
             sources.insert(item.source.clone());
-            match Deployment::from_yaml(&item.yaml) {
-                Err(err) => {
+            let parsed = match &item.refused {
+                Some(refusal) => Err(Failure::new(refusal.code, refusal.message.clone())),
+                None => Deployment::from_yaml(&item.yaml)
+                    .map_err(|err| Failure::new(err.code(), err.to_string())),
+            };
+            match parsed {
+                Err(mut failure) => {
                     // A broken edit of a running deployment's file must not take it
                     // down: keep what was applied from that file.
                     let running = self.applied.iter().find(|(_, a)| a.source == item.source);
-                    let mut failure = Failure::new("wasmgate.invalid", err.to_string());
                     if let Some((id, applied)) = running {
                         kept.insert(id.clone());
                         failure
@@ -271,21 +301,37 @@ impl Reconciler {
                         let partition = applied.partition.device_id.clone();
                         self.report_invalid(
                             &item.source,
-                            Some(&deployment),
+                            &Outline::from(&deployment),
                             Some(&partition),
                             failure,
                         );
                     } else {
-                        self.report_invalid(&item.source, None, None, failure);
+                        let outline = Outline::of_yaml(&item.yaml);
+                        self.report_invalid(&item.source, &outline, None, failure);
                     }
                 }
                 Ok(deployment) => {
+                    if let Some(expected) =
+                        item.expected_id.as_deref().filter(|e| *e != deployment.id)
+                    {
+                        let message = format!(
+                            "id: the document declares {}, but it is listed as deployment {expected}",
+                            deployment.id
+                        );
+                        self.report_invalid(
+                            &item.source,
+                            &Outline::from(&deployment),
+                            None,
+                            Failure::new("wasmgate.id-mismatch", message),
+                        );
+                        continue;
+                    }
                     if let Some((first, _)) = wanted.get(&deployment.id) {
                         let message =
                             format!("id {} is already used by {}", deployment.id, first.source);
                         self.report_invalid(
                             &item.source,
-                            Some(&deployment),
+                            &Outline::from(&deployment),
                             None,
                             Failure::new("wasmgate.duplicate-id", message),
                         );
@@ -335,6 +381,7 @@ impl Reconciler {
         self.sync_records();
         self.collect_garbage().await;
         self.status.set_reconciled(true);
+        self.metrics.reconcile.pass(started.elapsed());
     }
 
     /// At the first pass after a start: a deployment whose document changed while the
@@ -375,6 +422,8 @@ impl Reconciler {
                 source: record.source.clone(),
                 base_dir: record.base_dir.clone(),
                 yaml: record.yaml.clone().into_bytes(),
+                expected_id: None,
+                refused: None,
             };
             self.apply_document(item, deployment, true).await;
         }
@@ -534,37 +583,36 @@ impl Reconciler {
     fn report_invalid(
         &self,
         source: &str,
-        deployment: Option<&Deployment>,
+        outline: &Outline,
         partition: Option<&str>,
         failure: Failure,
     ) {
         tracing::error!(source, error = %failure.message, "deployment rejected");
+        self.metrics.reconcile.outcome(ReconcileOutcome::Failed);
         self.status.set(
             source,
             DeploymentStatus {
-                deployment_id: deployment.map(|d| d.id.clone()),
-                name: deployment.map(|d| d.name.clone()),
+                deployment_id: outline.id.clone(),
+                name: outline.name.clone(),
                 source: source.to_owned(),
                 state: DeploymentState::Failed,
                 device_id: partition
                     .map(str::to_owned)
-                    .or_else(|| deployment.and_then(directed_target)),
-                components: deployment
-                    .map(|d| {
-                        d.components
-                            .iter()
-                            .map(|c| ComponentStatus {
-                                name: c.name.clone(),
-                                state: DeploymentState::Failed,
-                                error: (failure.component.as_deref() == Some(c.name.as_str()))
-                                    .then(|| StatusError {
-                                        code: failure.code.into(),
-                                        message: failure.message.clone(),
-                                    }),
-                            })
-                            .collect()
+                    .or_else(|| outline.directed_target()),
+                components: outline
+                    .components
+                    .iter()
+                    .map(|name| ComponentStatus {
+                        name: name.clone(),
+                        state: DeploymentState::Failed,
+                        error: (failure.component.as_deref() == Some(name.as_str())).then(|| {
+                            StatusError {
+                                code: failure.code.into(),
+                                message: failure.message.clone(),
+                            }
+                        }),
                     })
-                    .unwrap_or_default(),
+                    .collect(),
                 error: Some(StatusError {
                     code: failure.code.into(),
                     message: failure.message,
@@ -577,6 +625,7 @@ impl Reconciler {
     fn remove(&mut self, id: &str) {
         if let Some(applied) = self.applied.remove(id) {
             tracing::info!(deployment = %applied.deployment.name, "removing deployment");
+            self.metrics.reconcile.outcome(ReconcileOutcome::Removed);
             let partition = applied.partition.device_id.clone();
             let (source, deployment) = (applied.source.clone(), applied.deployment.clone());
             self.set_state_at(
@@ -767,6 +816,7 @@ impl Reconciler {
                 self.publish_routes();
                 self.save_record(&item, &deployment.id);
                 self.set_installed(&deployment.id);
+                self.metrics.reconcile.outcome(ReconcileOutcome::Installed);
                 tracing::info!(deployment = %deployment.name, "deployment installed");
             }
         }
@@ -784,7 +834,7 @@ impl Reconciler {
         }
         self.report_invalid(
             &item.source,
-            Some(deployment),
+            &Outline::from(deployment),
             partition.as_deref(),
             failure,
         );
@@ -1023,8 +1073,12 @@ impl Reconciler {
                 http: ext.http.is_some(),
                 event: ext.timer.is_some(),
             };
+            let metrics =
+                self.metrics
+                    .workload(&deployment.name, &component.name, &partition.device_id);
             let workload = Workload::new(spec, &self.linker, &compiled, needs)
-                .map_err(|e| fail("wasmgate.component", e.to_string()))?;
+                .map_err(|e| fail("wasmgate.component", e.to_string()))?
+                .with_metrics(metrics);
             if artifact.watch {
                 files.push(artifact.path.clone());
             }
@@ -1095,8 +1149,5 @@ fn start_timer(workload: Arc<Workload>, every: Duration) -> TimerHandle {
 /// The device a deployment names when it names one (`DEVICE/PARTITION`), so status
 /// reports made before placement still say which target they are about.
 fn directed_target(deployment: &Deployment) -> Option<String> {
-    deployment
-        .device_id
-        .clone()
-        .filter(|d| !d.ends_with("/*") && d.contains('/'))
+    super::model::directed_target(deployment.device_id.as_deref())
 }

@@ -48,10 +48,46 @@ pub struct ComponentStatus {
     pub error: Option<StatusError>,
 }
 
+/// How the WFM client's exchange with the fleet manager stands, for `/status`.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WfmSync {
+    pub profile: String,
+    /// Onboarded (rc.2) or configured (rc.3) and talking to the WFM.
+    pub connected: bool,
+    /// The last cycle that stopped early, and why.
+    pub last_error: Option<String>,
+    /// Unix seconds of the last complete sync round.
+    pub last_sync: Option<u64>,
+    pub accepted_manifest_version: u64,
+    /// Status reports waiting for delivery.
+    pub outbox_depth: usize,
+    /// One entry per deployment target whose capabilities we report.
+    pub targets: Vec<CapabilityReport>,
+}
+
+/// The state of one target's capabilities report.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CapabilityReport {
+    pub device_id: String,
+    /// `accepted`, `refused` or `pending` (not sent yet on this run).
+    pub state: &'static str,
+    /// HTTP status and problem `type` of the last refusal.
+    pub status: Option<u16>,
+    pub problem_type: Option<String>,
+    pub detail: Option<String>,
+    /// Refusals in a row.
+    pub failures: u32,
+    /// Seconds until the next attempt (sooner when the document changes).
+    pub retry_in_seconds: Option<u64>,
+}
+
 /// The latest status per source, plus whether the last desired state was fully applied.
 #[derive(Debug, Default)]
 pub struct StatusBoard {
     inner: RwLock<Board>,
+    wfm: RwLock<Option<WfmSync>>,
     /// Receivers of every change (the WFM client turns them into status reports).
     subscribers: std::sync::Mutex<Vec<tokio::sync::mpsc::UnboundedSender<DeploymentStatus>>>,
 }
@@ -113,6 +149,15 @@ impl StatusBoard {
         if done {
             board.generation += 1;
         }
+    }
+
+    pub fn set_wfm(&self, sync: WfmSync) {
+        *self.wfm.write().unwrap_or_else(|e| e.into_inner()) = Some(sync);
+    }
+
+    /// The WFM client's state; `None` in local mode.
+    pub fn wfm(&self) -> Option<WfmSync> {
+        self.wfm.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn snapshot(&self) -> StatusSnapshot {

@@ -12,10 +12,11 @@
 //! Entries are written atomically (temp file, fsync, rename), so a crash leaves either
 //! a complete entry or none.
 
+use crate::telemetry::AotMetrics;
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 use wasmtime::component::Component;
 use wasmtime::Engine;
 
@@ -35,6 +36,7 @@ pub enum AotError {
 pub struct AotCache {
     dir: PathBuf,
     fingerprint: String,
+    metrics: AotMetrics,
 }
 
 /// Where a component came from, for logs and benchmarks.
@@ -88,7 +90,14 @@ impl AotCache {
         Self {
             dir,
             fingerprint: format!("{:016x}", hasher.finish()),
+            metrics: AotMetrics::default(),
         }
+    }
+
+    /// Counts hits and misses into `metrics` (the host's registry).
+    pub fn with_metrics(mut self, metrics: AotMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -142,6 +151,7 @@ impl AotCache {
             match unsafe { Component::deserialize_file(engine, &path) } {
                 Ok(component) => {
                     touch(&path);
+                    self.metrics.hit();
                     return Ok((component, AotOutcome::Loaded));
                 }
                 Err(err) => {
@@ -155,7 +165,10 @@ impl AotCache {
             digest: format!("sha256:{digest}"),
             message: format!("{err:#}"),
         };
-        let serialized = engine.precompile_component(bytes).map_err(compile_err)?;
+        let started = Instant::now();
+        let serialized = engine.precompile_component(bytes);
+        self.metrics.miss(started.elapsed());
+        let serialized = serialized.map_err(compile_err)?;
         if let Err(err) = self.store(&digest, &serialized) {
             // A read-only or full disk costs speed on the next start, not correctness.
             tracing::warn!(error = %err, "cannot write AOT cache entry");
@@ -221,13 +234,15 @@ mod tests {
     fn corrupt_entries_are_discarded_and_recompiled() {
         let engine = Engine::new(wasmtime::Config::new().wasm_component_model(true)).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let cache = AotCache::new(&engine, dir.path().join("aot"));
+        let metrics = AotMetrics::default();
+        let cache = AotCache::new(&engine, dir.path().join("aot")).with_metrics(metrics.clone());
         // The smallest component: the header alone.
         let bytes = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00];
         let (_, outcome) = cache.load_or_compile(&engine, &bytes).unwrap();
         assert_eq!(outcome, AotOutcome::Compiled);
         let (_, outcome) = cache.load_or_compile(&engine, &bytes).unwrap();
         assert_eq!(outcome, AotOutcome::Loaded);
+        assert_eq!((metrics.hits(), metrics.misses()), (1, 1));
         let entries = cache.entries();
         assert_eq!(entries.len(), 1);
         assert!(entries[0].current_engine);

@@ -1,20 +1,18 @@
 //! Admin listener: `/healthz` (200 once every desired deployment reached a final
-//! state), `/status` (JSON), `/metrics` (Prometheus text format).
+//! state), `/status` (JSON), `/metrics` (Prometheus text format, or OpenMetrics when
+//! asked for; rendered by [`crate::telemetry::Metrics`]).
 
-use super::{serve_with, SharedRoutes};
+use super::server::serve_with;
+use super::{ConnectionLimits, SharedRoutes, Shutdown};
 use crate::deploy::StatusBoard;
 use crate::sandbox::Partition;
-use crate::workload::{error_response, ResponseBody, WorkloadStats};
+use crate::telemetry::{Format, Metrics, PartitionSample};
+use crate::workload::{error_response, ResponseBody};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use std::convert::Infallible;
 use std::fmt::Write;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-
-/// A metric: name, Prometheus type, and how to read it from a `T`.
-type Metric<T, V> = (&'static str, &'static str, fn(&T) -> V);
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -22,6 +20,7 @@ pub struct AdminState {
     pub status: Arc<StatusBoard>,
     pub partitions: Vec<Arc<Partition>>,
     pub routes: SharedRoutes,
+    pub metrics: Arc<Metrics>,
 }
 
 fn respond(status: u16, content_type: &str, body: String) -> hyper::Response<ResponseBody> {
@@ -78,75 +77,78 @@ impl AdminState {
             "generation": snapshot.generation,
             "deployments": snapshot.deployments,
             "partitions": partitions,
+            "wfm": self.status.wfm(),
         });
         respond(200, "application/json", format!("{body:#}\n"))
     }
 
-    fn metrics(&self) -> hyper::Response<ResponseBody> {
-        // The text format wants each metric's samples together, after its TYPE line.
-        let table = self.routes.load();
-        let mut out = String::new();
-        let workload_metrics: [Metric<WorkloadStats, u64>; 2] = [
-            ("wasmgate_invocations_total", "counter", |s| {
-                s.invocations.load(Ordering::Relaxed)
-            }),
-            ("wasmgate_invocation_failures_total", "counter", |s| {
-                s.failures.load(Ordering::Relaxed)
-            }),
-        ];
-        for (name, kind, read) in workload_metrics {
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            for workload in table.workloads() {
-                let spec = &workload.spec;
-                let _ = writeln!(
-                    out,
-                    "{name}{{deployment=\"{}\",component=\"{}\",partition=\"{}\"}} {}",
-                    spec.deployment_name,
-                    spec.component,
-                    spec.partition.device_id,
-                    read(&workload.stats)
-                );
-            }
-        }
-        let partition_metrics: [Metric<Partition, f64>; 3] = [
-            ("wasmgate_partition_memory_bytes", "gauge", |p| {
-                p.memory.used() as f64
-            }),
-            (
-                "wasmgate_partition_cpu_throttled_seconds_total",
-                "counter",
-                |p| p.cpu.throttled().as_secs_f64(),
-            ),
-            ("wasmgate_partition_active_instances", "gauge", |p| {
-                f64::from(p.active_instances())
-            }),
-        ];
-        for (name, kind, read) in partition_metrics {
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            for p in &self.partitions {
-                let _ = writeln!(out, "{name}{{partition=\"{}\"}} {}", p.device_id, read(p));
-            }
-        }
-        respond(200, "text/plain; version=0.0.4", out)
+    /// Budget use of every partition, as the metrics report it.
+    fn partition_samples(&self) -> Vec<PartitionSample> {
+        self.partitions
+            .iter()
+            .map(|p| PartitionSample {
+                partition: p.device_id.clone(),
+                memory_used: p.memory.used(),
+                memory_limit: p.memory.limit(),
+                cpu_throttled_seconds: p.cpu.throttled().as_secs_f64(),
+                storage_used: p.storage_used(),
+                storage_quota: p.config.storage.0,
+                active_instances: p.active_instances(),
+                concurrency_limit: p.config.concurrency(),
+            })
+            .collect()
     }
 
-    fn handle(&self, path: &str) -> hyper::Response<ResponseBody> {
-        match path {
+    /// Off the async workers: measuring storage walks the partitions' directories.
+    async fn metrics(self: Arc<Self>, accept: Option<String>) -> hyper::Response<ResponseBody> {
+        let format = Format::negotiate(accept.as_deref());
+        let rendered = tokio::task::spawn_blocking(move || {
+            self.metrics.render(self.partition_samples(), format)
+        })
+        .await;
+        match rendered {
+            Ok(body) => respond(200, format.content_type(), body),
+            Err(err) => error_response(500, &format!("cannot render the metrics: {err}"), false),
+        }
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        req: hyper::Request<hyper::body::Incoming>,
+    ) -> hyper::Response<ResponseBody> {
+        match req.uri().path() {
             "/healthz" => self.healthz(),
             "/status" => self.status_json(),
-            "/metrics" => self.metrics(),
+            "/metrics" => {
+                let accept = req
+                    .headers()
+                    .get(hyper::header::ACCEPT)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                self.metrics(accept).await
+            }
             _ => error_response(404, "admin endpoints: /healthz, /status, /metrics", false),
         }
     }
 }
 
-pub async fn serve_admin(listener: TcpListener, state: AdminState) {
+/// Serves the admin endpoints until `shutdown`, with its own connection budget
+/// (`limits`), so a flood on the ingress leaves it answering.
+pub async fn serve_admin(
+    listener: TcpListener,
+    state: AdminState,
+    limits: ConnectionLimits,
+    shutdown: Shutdown,
+) {
     let state = Arc::new(state);
     serve_with(
+        "admin",
         listener,
+        limits,
+        shutdown,
         move |req: hyper::Request<hyper::body::Incoming>| {
             let state = state.clone();
-            async move { Ok::<_, Infallible>(state.handle(req.uri().path())) }
+            async move { state.handle(req).await }
         },
     )
     .await

@@ -1,18 +1,23 @@
 //! The hyper 1.x front door: HTTP/1.1 on the configured listener, each request routed
-//! by host and path prefix to a workload; plus the admin listener.
+//! by host and path prefix to a workload; plus the admin listener. Both are bounded
+//! (see [`ConnectionLimits`]) and drain gracefully on [`Shutdown`].
 
 mod admin;
 mod router;
+mod server;
+mod shutdown;
 
 pub use admin::{serve_admin, AdminState};
 pub use router::{normalize_prefix, Route, RouteTable};
+pub use server::{
+    default_max_connections, fd_limit, raise_fd_limit, ConnectionLimits, ADMIN_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS,
+};
+pub use shutdown::Shutdown;
 
 use crate::workload::{error_response, ResponseBody};
 use arc_swap::ArcSwap;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use std::convert::Infallible;
+use hyper::body::{Body, Incoming};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
@@ -31,6 +36,26 @@ pub struct Ingress {
 
 impl Ingress {
     pub async fn handle(&self, request: hyper::Request<Incoming>) -> hyper::Response<ResponseBody> {
+        // A declared length is known before a byte of the body is read: refuse it before
+        // routing and admission, so it neither reaches a guest nor holds a slot.
+        let declared = request.body().size_hint().lower();
+        if declared > self.max_body {
+            let mut response = error_response(
+                413,
+                &format!(
+                    "request body of {declared} bytes is over the limit of {} bytes",
+                    self.max_body
+                ),
+                false,
+            );
+            // The unread body makes the connection unusable; say so, and the lingering
+            // close lets the client finish sending and read this answer.
+            response.headers_mut().insert(
+                hyper::header::CONNECTION,
+                hyper::header::HeaderValue::from_static("close"),
+            );
+            return response;
+        }
         let host = request.uri().host().map(str::to_owned).or_else(|| {
             request
                 .headers()
@@ -53,43 +78,28 @@ impl Ingress {
     }
 }
 
-/// Accepts connections until the task is dropped.
+/// Accepts connections with the default limits until the task is dropped.
 pub async fn serve(listener: TcpListener, ingress: Ingress) {
-    serve_with(listener, move |req| {
-        let ingress = ingress.clone();
-        async move { Ok::<_, Infallible>(ingress.handle(req).await) }
-    })
+    serve_until(
+        listener,
+        ingress,
+        ConnectionLimits::default(),
+        Shutdown::new(),
+    )
     .await
 }
 
-/// Shared accept loop of the ingress and admin listeners.
-pub(crate) async fn serve_with<F, Fut>(listener: TcpListener, handler: F)
-where
-    F: Fn(hyper::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<hyper::Response<ResponseBody>, Infallible>>
-        + Send
-        + 'static,
-{
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(conn) => conn,
-            Err(err) => {
-                // Running out of file descriptors must not end the server.
-                tracing::warn!(error = %err, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        tokio::spawn(async move {
-            let service = service_fn(handler);
-            let connection = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(err) = connection.await {
-                tracing::debug!(peer = %peer, error = %err, "connection ended with an error");
-            }
-        });
-    }
+/// Serves until `shutdown`, then drains: returns once every open connection finished.
+pub async fn serve_until(
+    listener: TcpListener,
+    ingress: Ingress,
+    limits: ConnectionLimits,
+    shutdown: Shutdown,
+) {
+    let ingress = Arc::new(ingress);
+    server::serve_with("ingress", listener, limits, shutdown, move |req| {
+        let ingress = ingress.clone();
+        async move { ingress.handle(req).await }
+    })
+    .await
 }

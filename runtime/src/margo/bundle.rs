@@ -101,10 +101,8 @@ pub fn read_members(
         if members.len() >= MAX_MEMBERS {
             return Err(BundleError::TooManyMembers);
         }
-        let size = entry
-            .header()
-            .size()
-            .map_err(|e| BundleError::Archive(e.to_string()))?;
+        // The entry's size, not the header's: a PAX `size` record overrides the latter.
+        let size = entry.size();
         if size > MAX_MEMBER_BYTES {
             return Err(BundleError::TooLarge { name });
         }
@@ -114,6 +112,9 @@ pub fn read_members(
             .take(MAX_MEMBER_BYTES + 1)
             .read_to_end(&mut bytes)
             .map_err(archive_err)?;
+        if bytes.len() as u64 > MAX_MEMBER_BYTES {
+            return Err(BundleError::TooLarge { name });
+        }
         total += bytes.len() as u64;
         if total > max_expanded {
             return Err(BundleError::Expansion {
@@ -204,6 +205,35 @@ pub(crate) mod tests {
         let err =
             read_members(&archive(&[("a.yaml", tar::EntryType::Regular, &big)]), 1000).unwrap_err();
         assert!(matches!(err, BundleError::Expansion { .. }), "{err}");
+    }
+
+    #[test]
+    fn pax_size_cannot_exceed_the_member_limit() {
+        // The header says 1 byte; a PAX `size` record says MAX_MEMBER_BYTES + 512.
+        let size = MAX_MEMBER_BYTES + 512;
+        let body = format!("size={size}\n");
+        let record = format!("{} {body}", body.len() + 3);
+        assert_eq!(record.len(), body.len() + 3);
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut pax = tar::Header::new_ustar();
+        pax.set_entry_type(tar::EntryType::XHeader);
+        pax.set_path("pax").unwrap();
+        pax.set_size(record.len() as u64);
+        pax.set_cksum();
+        builder.append(&pax, record.as_bytes()).unwrap();
+        let mut header = tar::Header::new_ustar();
+        header.set_path("a.yaml").unwrap();
+        header.set_size(1);
+        header.set_cksum();
+        use std::io::Write;
+        let raw = builder.get_mut();
+        raw.write_all(header.as_bytes()).unwrap();
+        raw.write_all(&vec![b'a'; size as usize]).unwrap();
+        let tar = builder.into_inner().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&tar).unwrap();
+        let err = read_members(&gz.finish().unwrap(), 16 << 20).unwrap_err();
+        assert!(matches!(err, BundleError::TooLarge { .. }), "{err}");
     }
 
     #[test]

@@ -189,8 +189,11 @@ fn document(
         doc.insert("kind".into(), json!("DeviceCapabilitiesManifest"));
     }
     doc.insert("properties".into(), Value::Object(properties));
-    // rc.2 capabilities have no `labels` member.
-    if let (Profile::Rc3, Some(labels)) = (profile, labels) {
+    // Margo's custom-runtime extension requires a device that reports `custom` to
+    // publish labels for eligibility rules. The rc.2 schema has neither `custom` nor
+    // `labels`; since we report `custom` there too, we send labels with it: both are
+    // additions a WFM of that era has to accept together.
+    if let Some(labels) = labels {
         doc.insert("labels".into(), Value::Object(labels));
     }
     doc.insert("x-wasmgate-extensions".into(), ext);
@@ -304,10 +307,9 @@ pub fn documents(
                 },
             );
             let mut labels = labels(config, None);
-            for p in &config.partitions {
-                for (k, v) in &p.labels {
-                    labels.insert(k.clone(), json!(v));
-                }
+            for (k, v) in aggregate_partition_labels(config) {
+                // Device labels are the device's own word; partitions do not override them.
+                labels.entry(k).or_insert(v);
             }
             vec![(
                 identity.id.clone(),
@@ -315,6 +317,34 @@ pub fn documents(
             )]
         }
     }
+}
+
+/// The partition labels of an opaque device, which presents one device for all of them.
+/// A key whose value is the same in every partition that sets it keeps that value; a key
+/// whose values differ becomes the sorted list of the distinct values (Margo label values
+/// may be arrays of strings), so a `labelSelector` with `In` still finds the device for
+/// any of them. A key set by only some partitions is kept: placement still needs a
+/// partition that has it. Each conflict is logged once per report.
+fn aggregate_partition_labels(config: &Config) -> Map<String, Value> {
+    let mut values: std::collections::BTreeMap<&str, std::collections::BTreeSet<&str>> =
+        Default::default();
+    for p in &config.partitions {
+        for (k, v) in &p.labels {
+            values.entry(k).or_default().insert(v);
+        }
+    }
+    values
+        .into_iter()
+        .map(|(key, set)| {
+            let value = if set.len() == 1 {
+                json!(set.first().expect("one value"))
+            } else {
+                tracing::debug!(label = key, values = ?set, "partitions disagree on a label; an opaque device reports all values");
+                json!(set.into_iter().collect::<Vec<_>>())
+            };
+            (key.to_owned(), value)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -377,7 +407,42 @@ mod tests {
         let p = &docs[0].1["properties"];
         assert_eq!(p["cpus"].as_array().unwrap().len(), 2);
         assert_eq!(p["memory"], "384Mi");
+        // Only partition b sets tier: kept as it is.
         assert_eq!(docs[0].1["labels"]["tier"], "sensors");
+    }
+
+    #[test]
+    fn opaque_labels_keep_agreement_and_list_conflicts() {
+        let c = Config::parse(
+            r#"
+            [device]
+            id = "edge-01"
+            mode = "opaque"
+            labels = { site = "north" }
+            [[partition]]
+            id = "a"
+            cpu = 1.0
+            memory = "64Mi"
+            storage = "1Mi"
+            labels = { tier = "apps", zone = "z1", site = "south" }
+            [[partition]]
+            id = "b"
+            cpu = 1.0
+            memory = "64Mi"
+            storage = "1Mi"
+            labels = { tier = "sensors", zone = "z1" }
+            "#,
+        )
+        .unwrap();
+        let docs = documents(&c, &DeviceIdentity::from_config(&c), Profile::Rc3);
+        let labels = &docs[0].1["labels"];
+        assert_eq!(labels["zone"], "z1", "agreeing values stay a string");
+        assert_eq!(
+            labels["tier"],
+            json!(["apps", "sensors"]),
+            "conflicts list every value"
+        );
+        assert_eq!(labels["site"], "north", "device labels win over partitions");
     }
 
     #[test]
@@ -386,7 +451,8 @@ mod tests {
         let docs = documents(&c, &DeviceIdentity::from_config(&c), Profile::Rc2);
         let doc = &docs[1].1;
         assert_eq!(doc["kind"], "DeviceCapabilitiesManifest");
-        assert!(doc.get("labels").is_none());
+        // Sent with `custom` in rc.2 too (see `document`).
+        assert_eq!(doc["labels"]["wasmgate.io/partition"], "a");
         assert!(doc["properties"].get("cpu").is_some());
     }
 }

@@ -9,17 +9,18 @@ use super::settings::{DailyWindow, Downtime, Profile, WfmSettings};
 use super::state::{Accepted, SyncState};
 use super::transport::{Transport, TransportError};
 use super::types::{
-    ComponentReport, Digest, ErrorReport, ManifestVersion, Problem, StateManifest, StatusBody,
-    StatusReport, BUNDLE_MEDIA_TYPE, MANIFEST_MEDIA_TYPE,
+    ComponentReport, Digest, ErrorReport, ManifestVersion, Problem, ProblemClass, StateManifest,
+    StatusBody, StatusReport, BUNDLE_MEDIA_TYPE, MANIFEST_MEDIA_TYPE,
 };
 use crate::config::{Config, GatewayMode};
-use crate::deploy::status::{DeploymentStatus, StatusError};
+use crate::deploy::status::{CapabilityReport, DeploymentStatus, StatusError, WfmSync};
 use crate::deploy::{DesiredDeployment, Reconciler};
+use crate::telemetry::WfmMetrics;
 use bytes::Bytes;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 /// Largest manifest or single deployment YAML accepted.
@@ -38,6 +39,9 @@ pub enum CycleError {
     Refused {
         what: String,
         status: u16,
+        /// The problem `type`, when the body had one.
+        problem_type: Option<String>,
+        class: ProblemClass,
         detail: String,
         retryable: bool,
         retry_after: Option<Duration>,
@@ -56,10 +60,23 @@ impl CycleError {
             _ => None,
         }
     }
+
+    /// Whether the WFM refused who we are: nothing else is worth trying until it
+    /// changes. Everything else a WFM refuses concerns one request only.
+    fn is_unauthorized(&self) -> bool {
+        matches!(
+            self,
+            Self::Refused {
+                class: ProblemClass::Unauthorized,
+                ..
+            }
+        )
+    }
 }
 
 fn refused(what: String, response: &super::http::Response) -> CycleError {
     let problem = Problem::parse(&response.body).unwrap_or_default();
+    let class = problem.class(response.status);
     let retry_after = response
         .header("retry-after")
         .and_then(|v| v.trim().parse::<u64>().ok())
@@ -70,6 +87,7 @@ fn refused(what: String, response: &super::http::Response) -> CycleError {
     let retryable = problem
         .retryable
         .unwrap_or(matches!(response.status, 429 | 500 | 502 | 503 | 504));
+    let problem_type = problem.kind.clone();
     let detail = problem.detail.or(problem.title).unwrap_or_else(|| {
         String::from_utf8_lossy(&response.body)
             .chars()
@@ -79,6 +97,8 @@ fn refused(what: String, response: &super::http::Response) -> CycleError {
     CycleError::Refused {
         what,
         status: response.status,
+        problem_type,
+        class,
         detail,
         retryable,
         retry_after,
@@ -89,9 +109,27 @@ fn local<E: std::fmt::Display>(e: E) -> CycleError {
     CycleError::Local(e.to_string())
 }
 
+/// `poll` doubled per consecutive failure, at most [`MAX_BACKOFF`], never below `poll`.
+fn exponential_backoff(poll: Duration, failures: u32) -> Duration {
+    poll.saturating_mul(1u32 << failures.min(8))
+        .min(MAX_BACKOFF)
+        .max(poll)
+}
+
+/// A capabilities document the WFM refused, and when to offer it again.
+struct RefusedReport {
+    document: Value,
+    status: u16,
+    problem_type: Option<String>,
+    detail: String,
+    failures: u32,
+    next_attempt: Instant,
+}
+
 pub struct WfmClient {
     settings: WfmSettings,
-    transport: Transport,
+    /// `None` until the transport is ready (rc.2: onboarded).
+    transport: Option<Transport>,
     config: Config,
     identity: DeviceIdentity,
     state: SyncState,
@@ -102,11 +140,16 @@ pub struct WfmClient {
     reported_file: PathBuf,
     /// Capabilities were sent on this run (they are the first exchange after connecting).
     announced: bool,
+    /// deviceId -> the refused document of that target, retried with back-off.
+    refused_reports: BTreeMap<String, RefusedReport>,
+    last_error: Option<String>,
+    last_sync: Option<u64>,
     /// The manifest version the reconciler is applying, for `adoptedManifestVersion`.
     applying: ManifestVersion,
     state_dir: PathBuf,
     once: Vec<Downtime>,
     daily: Vec<DailyWindow>,
+    metrics: WfmMetrics,
 }
 
 impl WfmClient {
@@ -114,6 +157,7 @@ impl WfmClient {
         settings: WfmSettings,
         config: Config,
         events: UnboundedReceiver<DeploymentStatus>,
+        metrics: WfmMetrics,
     ) -> anyhow::Result<Self> {
         let state_dir = config.state_dir.join("wfm");
         std::fs::create_dir_all(&state_dir)?;
@@ -126,7 +170,7 @@ impl WfmClient {
         ] {
             let _ = crate::fsutil::remove_stale_temps(&dir);
         }
-        let transport = Transport::new(&settings, &state_dir).await?;
+        let transport = Self::connect(&settings, &state_dir).await?;
         let state = SyncState::open(&state_dir)?;
         let outbox = Outbox::open(&state_dir.join("outbox"))?;
         let reported_file = state_dir.join("capabilities-reported.json");
@@ -152,9 +196,63 @@ impl WfmClient {
             reported,
             reported_file,
             announced: false,
+            refused_reports: BTreeMap::new(),
+            last_error: None,
+            last_sync: None,
             state_dir,
             once,
             daily,
+            metrics,
+        })
+    }
+
+    /// Prepares the transport. A WFM that cannot be reached or refuses onboarding is not
+    /// fatal (a device often boots before its network, or before the WFM trusts it):
+    /// `None`, and every cycle tries again with back-off. Local problems (unreadable
+    /// keys, certificates) are.
+    async fn connect(
+        settings: &WfmSettings,
+        state_dir: &std::path::Path,
+    ) -> Result<Option<Transport>, TransportError> {
+        match Transport::new(settings, state_dir).await {
+            Ok(transport) => Ok(Some(transport)),
+            Err(err) if err.is_remote() => {
+                tracing::warn!(error = %err, "cannot reach or onboard with the WFM yet; serving the state on disk and retrying with back-off");
+                Ok(None)
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// One request to the WFM, timed into the `kind` series of
+    /// `wasmgate_wfm_request_duration_seconds`.
+    async fn send(
+        &self,
+        kind: &'static str,
+        method: ::http::Method,
+        url: &url::Url,
+        headers: &[(&str, String)],
+        body: Option<Bytes>,
+        max_body: u64,
+    ) -> Result<super::http::Response, TransportError> {
+        let started = Instant::now();
+        let Some(transport) = &self.transport else {
+            return Err(TransportError::Onboarding("not onboarded yet".into()));
+        };
+        let result = transport.send(method, url, headers, body, max_body).await;
+        let outcome = match &result {
+            Ok(r) if r.status == 304 => "not-modified",
+            Ok(r) if (200..300).contains(&r.status) => "ok",
+            Ok(r) if (400..500).contains(&r.status) => "rejected",
+            _ => "error",
+        };
+        self.metrics.request(kind, outcome, started.elapsed());
+        result
+    }
+
+    fn transport(&self) -> Result<&Transport, CycleError> {
+        self.transport.as_ref().ok_or_else(|| {
+            CycleError::Local("the transport is not ready (not onboarded yet)".into())
         })
     }
 
@@ -175,10 +273,12 @@ impl WfmClient {
                 // Known downtime: no requests, no retries, errors ignored.
                 self.settings.poll_interval()
             } else {
-                match self.cycle(reconciler).await {
+                let result = self.cycle(reconciler).await;
+                self.publish(reconciler, result.as_ref().err());
+                match result {
                     Ok(()) => {
                         failures = 0;
-                        self.settings.poll_interval()
+                        self.next_wait()
                     }
                     Err(err) => {
                         failures += 1;
@@ -201,25 +301,98 @@ impl WfmClient {
                 _ = &mut shutdown => break,
             }
         }
+        // Stopping: hand the WFM what changed since the last cycle (deployments the
+        // drain stopped, for one). Bounded by the transport's timeouts and, overall, by
+        // the host's shutdown bound; what is not delivered stays in the outbox.
+        if self.transport.is_some() && !self.in_downtime() {
+            let delivered = match self.collect_events() {
+                Ok(()) => self.deliver_statuses().await,
+                Err(err) => Err(err),
+            };
+            if let Err(err) = delivered {
+                tracing::warn!(error = %err, pending = self.outbox.len(), "status reports not delivered before stopping; they stay queued for the next start");
+            }
+        }
     }
 
     fn backoff(&self, err: &CycleError, failures: u32) -> Duration {
         let poll = self.settings.poll_interval();
-        let exponential = poll
-            .saturating_mul(1u32 << failures.min(8))
-            .min(MAX_BACKOFF)
-            .max(poll);
+        let exponential = exponential_backoff(poll, failures);
         let base = match err {
             // A retired or refused client stops hammering the WFM.
-            CycleError::Refused {
-                retryable: false,
-                status: 401 | 403,
-                ..
-            } => MAX_BACKOFF,
+            e if e.is_unauthorized() => MAX_BACKOFF,
             CycleError::Rejected(_) => poll,
             _ => exponential,
         };
         err.retry_after().map_or(base, |r| r.max(poll))
+    }
+
+    /// After a complete cycle: the poll interval, or sooner when a refused
+    /// capabilities report is due again.
+    fn next_wait(&self) -> Duration {
+        let poll = self.settings.poll_interval();
+        let now = Instant::now();
+        self.refused_reports
+            .values()
+            .map(|r| r.next_attempt.saturating_duration_since(now))
+            .min()
+            .map_or(poll, |due| due.min(poll))
+    }
+
+    /// Shows the state of the exchange in `/status`.
+    fn publish(&mut self, reconciler: &Reconciler, error: Option<&CycleError>) {
+        self.metrics.outbox_depth(self.outbox.len());
+        match error {
+            None => {
+                self.last_error = None;
+                self.last_sync = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .ok()
+                    .map(|d| d.as_secs());
+            }
+            Some(err) => self.last_error = Some(err.to_string()),
+        }
+        let now = Instant::now();
+        let docs = capabilities::documents(&self.config, &self.identity, self.settings.profile);
+        let targets = docs
+            .iter()
+            .map(|(device, doc)| match self.refused_reports.get(device) {
+                Some(r) => CapabilityReport {
+                    device_id: device.clone(),
+                    state: "refused",
+                    status: Some(r.status),
+                    problem_type: r.problem_type.clone(),
+                    detail: Some(r.detail.clone()),
+                    failures: r.failures,
+                    retry_in_seconds: Some(r.next_attempt.saturating_duration_since(now).as_secs()),
+                },
+                None => CapabilityReport {
+                    device_id: device.clone(),
+                    state: if self.reported.get(device) == Some(doc) {
+                        "accepted"
+                    } else {
+                        "pending"
+                    },
+                    status: None,
+                    problem_type: None,
+                    detail: None,
+                    failures: 0,
+                    retry_in_seconds: None,
+                },
+            })
+            .collect();
+        reconciler.status().set_wfm(WfmSync {
+            profile: match self.settings.profile {
+                Profile::Rc3 => "rc3".into(),
+                Profile::Rc2 => "rc2".into(),
+            },
+            connected: self.transport.is_some(),
+            last_error: self.last_error.clone(),
+            last_sync: self.last_sync,
+            accepted_manifest_version: self.state.accepted.manifest_version,
+            outbox_depth: self.outbox.len(),
+            targets,
+        });
     }
 
     fn minute_of_day(now: SystemTime) -> u32 {
@@ -253,7 +426,12 @@ impl WfmClient {
 
     /// One round: capabilities, queued statuses, desired state, new statuses.
     pub async fn cycle(&mut self, reconciler: &mut Reconciler) -> Result<(), CycleError> {
-        self.transport.refresh_trust().await?;
+        if self.transport.is_none() {
+            let transport = Transport::new(&self.settings, &self.state_dir).await?;
+            tracing::info!("connected to the WFM");
+            self.transport = Some(transport);
+        }
+        self.transport()?.refresh_trust().await?;
         self.report_capabilities().await?;
         self.collect_events()?;
         self.deliver_statuses().await?;
@@ -319,6 +497,9 @@ impl WfmClient {
             source: format!("{SOURCE_PREFIX}{id}"),
             base_dir: self.state_dir.clone(),
             yaml,
+            // The manifest's deploymentId; a YAML declaring another fails alone.
+            expected_id: Some(id.to_owned()),
+            refused: None,
         }
     }
 
@@ -328,11 +509,19 @@ impl WfmClient {
     }
 
     async fn put_capabilities(&mut self, device: &str, doc: &Value) -> Result<u16, CycleError> {
-        let url = self.transport.api_url(&format!("capabilities/{device}"))?;
+        let url = self
+            .transport()?
+            .api_url(&format!("capabilities/{device}"))?;
         let body = Bytes::from(serde_json::to_vec(doc).map_err(local)?);
         let response = self
-            .transport
-            .send(::http::Method::PUT, &url, &[], Some(body), 64 << 10)
+            .send(
+                "capabilities",
+                ::http::Method::PUT,
+                &url,
+                &[],
+                Some(body),
+                64 << 10,
+            )
             .await?;
         match response.status {
             200 | 201 => Ok(response.status),
@@ -340,30 +529,69 @@ impl WfmClient {
         }
     }
 
+    /// Sends one target's document; a child the WFM reports as lacking its gateway
+    /// (problem type `gateway-not-found`, e.g. after a WFM reset) gets the parent
+    /// reported again first.
+    async fn offer_capabilities(
+        &mut self,
+        device: &str,
+        doc: &Value,
+        parent: &(String, Value),
+    ) -> Result<(), CycleError> {
+        match self.put_capabilities(device, doc).await {
+            Ok(_) => Ok(()),
+            Err(CycleError::Refused {
+                class: ProblemClass::GatewayNotFound,
+                ..
+            }) if device != parent.0 => {
+                tracing::warn!(device = %device, "WFM does not know the gateway; reporting it again");
+                self.put_capabilities(&parent.0, &parent.1).await?;
+                self.reported.insert(parent.0.clone(), parent.1.clone());
+                self.put_capabilities(device, doc).await.map(|_| ())
+            }
+            Err(err) => Err(err),
+        }
+    }
+
     /// Sends the capabilities of every target, parent first; only what changed once
     /// this run has announced itself. Removed partitions are deleted.
+    ///
+    /// A target whose document the WFM refuses (a strict WFM's 422, a 404 of a router
+    /// that cannot route hierarchical deviceIds, a 500) does not stop anything else:
+    /// the refusal is logged and shown in `/status`, and the document is offered again
+    /// with back-off, or at once when it changes. Only a refusal of who we are
+    /// (authentication, authorisation) or an unreachable WFM ends the cycle.
     async fn report_capabilities(&mut self) -> Result<(), CycleError> {
-        let docs = capabilities::documents(&self.config, &self.identity, self.transport.profile());
-        let parent = self.identity.id.clone();
+        let docs = capabilities::documents(&self.config, &self.identity, self.settings.profile);
+        let parent = docs[0].clone();
+        let now = Instant::now();
         for (device, doc) in &docs {
             if self.announced && self.reported.get(device) == Some(doc) {
                 continue;
             }
-            match self.put_capabilities(device, doc).await {
-                Ok(_) => {}
-                // The WFM lost the parent (e.g. it was reset): report it again, then the child.
-                Err(CycleError::Refused { status: 404, .. }) if device != &parent => {
-                    tracing::warn!(device = %device, "WFM does not know the gateway; reporting it again");
-                    let parent_doc = docs[0].1.clone();
-                    self.put_capabilities(&parent, &parent_doc).await?;
-                    self.put_capabilities(device, doc).await?;
+            let waiting = self
+                .refused_reports
+                .get(device)
+                .is_some_and(|r| &r.document == doc && now < r.next_attempt);
+            if waiting {
+                continue;
+            }
+            match self.offer_capabilities(device, doc, &parent).await {
+                Ok(()) => {
+                    if self.refused_reports.remove(device).is_some() {
+                        tracing::info!(device = %device, "WFM accepted the capabilities it refused before");
+                    }
+                    self.reported.insert(device.clone(), doc.clone());
+                    self.save_reported()?;
+                }
+                Err(err @ CycleError::Refused { .. }) if !err.is_unauthorized() => {
+                    self.refuse_report(device, doc, &err);
                 }
                 Err(err) => return Err(err),
             }
-            self.reported.insert(device.clone(), doc.clone());
-            self.save_reported()?;
         }
         let current: BTreeSet<&String> = docs.iter().map(|(d, _)| d).collect();
+        self.refused_reports.retain(|d, _| current.contains(d));
         let gone: Vec<String> = self
             .reported
             .keys()
@@ -371,13 +599,27 @@ impl WfmClient {
             .cloned()
             .collect();
         for device in gone {
-            let url = self.transport.api_url(&format!("capabilities/{device}"))?;
+            let url = self
+                .transport()?
+                .api_url(&format!("capabilities/{device}"))?;
             let response = self
-                .transport
-                .send(::http::Method::DELETE, &url, &[], None, 64 << 10)
+                .send(
+                    "capabilities",
+                    ::http::Method::DELETE,
+                    &url,
+                    &[],
+                    None,
+                    64 << 10,
+                )
                 .await?;
             if !matches!(response.status, 200 | 204 | 404) {
-                return Err(refused(format!("DELETE capabilities/{device}"), &response));
+                let err = refused(format!("DELETE capabilities/{device}"), &response);
+                if err.is_unauthorized() {
+                    return Err(err);
+                }
+                // Tried again next cycle; it stops nothing else.
+                tracing::warn!(device = %device, error = %err, "cannot unregister a removed partition");
+                continue;
             }
             tracing::info!(device = %device, "partition removed; unregistered it at the WFM");
             self.reported.remove(&device);
@@ -385,6 +627,40 @@ impl WfmClient {
         }
         self.announced = true;
         Ok(())
+    }
+
+    fn refuse_report(&mut self, device: &str, doc: &Value, err: &CycleError) {
+        let CycleError::Refused {
+            status,
+            problem_type,
+            detail,
+            retry_after,
+            ..
+        } = err
+        else {
+            return;
+        };
+        let failures = self
+            .refused_reports
+            .get(device)
+            .filter(|r| &r.document == doc)
+            .map_or(1, |r| r.failures + 1);
+        let wait = exponential_backoff(self.settings.poll_interval(), failures)
+            .max(retry_after.unwrap_or_default());
+        self.metrics.capabilities_refused(device);
+        tracing::warn!(device = %device, status, problem_type = ?problem_type, detail = %detail,
+            retry_in = ?wait, "WFM refused the capabilities of this target; everything else goes on");
+        self.refused_reports.insert(
+            device.to_owned(),
+            RefusedReport {
+                document: doc.clone(),
+                status: *status,
+                problem_type: problem_type.clone(),
+                detail: detail.clone(),
+                failures,
+                next_attempt: Instant::now() + wait,
+            },
+        );
     }
 
     /// Turns status-board changes into queued reports.
@@ -443,17 +719,23 @@ impl WfmClient {
         for pending in self.outbox.pending().map_err(local)? {
             let report = &pending.report;
             let url = self
-                .transport
+                .transport()?
                 .api_url(&format!("deployments/{}/status", report.deployment_id))?;
             let mut body = serde_json::to_value(report).map_err(local)?;
-            if self.transport.profile() == Profile::Rc2 {
+            if self.settings.profile == Profile::Rc2 {
                 body["apiVersion"] = "deployment.margo.org/v1alpha1".into();
                 body["kind"] = "DeploymentStatusManifest".into();
             }
             let bytes = Bytes::from(serde_json::to_vec(&body).map_err(local)?);
             let response = self
-                .transport
-                .send(::http::Method::POST, &url, &[], Some(bytes), 64 << 10)
+                .send(
+                    "status",
+                    ::http::Method::POST,
+                    &url,
+                    &[],
+                    Some(bytes),
+                    64 << 10,
+                )
                 .await?;
             match response.status {
                 200 | 201 | 204 => self.outbox.done(&pending).map_err(local)?,
@@ -462,6 +744,9 @@ impl WfmClient {
                         format!("POST deployments/{}/status", report.deployment_id),
                         &response,
                     );
+                    if err.is_unauthorized() {
+                        return Err(err);
+                    }
                     if let CycleError::Refused {
                         retryable: false, ..
                     } = &err
@@ -479,14 +764,20 @@ impl WfmClient {
     }
 
     async fn poll(&mut self, reconciler: &mut Reconciler) -> Result<(), CycleError> {
-        let url = self.transport.api_url("deployments")?;
+        let url = self.transport()?.api_url("deployments")?;
         let mut headers = vec![("accept", MANIFEST_MEDIA_TYPE.to_owned())];
         if let Some(etag) = &self.state.accepted.etag {
             headers.push(("if-none-match", etag.clone()));
         }
         let response = self
-            .transport
-            .send(::http::Method::GET, &url, &headers, None, MAX_DOCUMENT)
+            .send(
+                "state",
+                ::http::Method::GET,
+                &url,
+                &headers,
+                None,
+                MAX_DOCUMENT,
+            )
             .await?;
         match response.status {
             304 => return Ok(()),
@@ -553,11 +844,11 @@ impl WfmClient {
         }
         if missing.len() > 1 {
             if let Some(bundle) = &manifest.bundle {
-                let url = self.transport.manifest_url(&bundle.url)?;
+                let url = self.transport()?.manifest_url(&bundle.url)?;
                 let max = self.settings.max_bundle();
                 let response = self
-                    .transport
                     .send(
+                        "bundle",
                         ::http::Method::GET,
                         &url,
                         &[("accept", BUNDLE_MEDIA_TYPE.to_owned())],
@@ -610,10 +901,16 @@ impl WfmClient {
             }
         }
         for d in &missing {
-            let url = self.transport.manifest_url(&d.url)?;
+            let url = self.transport()?.manifest_url(&d.url)?;
             let response = self
-                .transport
-                .send(::http::Method::GET, &url, &[], None, MAX_DOCUMENT)
+                .send(
+                    "deployment",
+                    ::http::Method::GET,
+                    &url,
+                    &[],
+                    None,
+                    MAX_DOCUMENT,
+                )
                 .await?;
             if response.status != 200 {
                 return Err(refused(
@@ -634,16 +931,10 @@ impl WfmClient {
                 (d.digest.clone(), response.body.to_vec()),
             );
         }
-        for (id, (digest, yaml)) in &documents {
-            let declared = serde_norway::from_slice::<Value>(yaml)
-                .ok()
-                .and_then(|v| v.get("id").and_then(Value::as_str).map(str::to_owned));
-            if declared.as_deref() != Some(id.as_str()) {
-                return Err(CycleError::Rejected(format!(
-                    "YAML {digest} is listed as deployment {id} but declares id {declared:?}"
-                )));
-            }
-        }
+        // A YAML that is not a valid ApplicationDeployment (or declares another id
+        // than the manifest lists it under) fails that deployment alone, in the
+        // reconciler; the digest vouched for its bytes, so it is kept like the others
+        // and not fetched again until the manifest names another digest.
         for (digest, yaml) in documents.values() {
             self.state.store_document(digest, yaml).map_err(local)?;
         }

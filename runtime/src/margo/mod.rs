@@ -9,6 +9,7 @@ pub mod client;
 pub mod http;
 pub mod outbox;
 pub mod settings;
+pub mod signing;
 pub mod state;
 pub mod tls;
 pub mod transport;

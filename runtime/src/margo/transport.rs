@@ -4,14 +4,11 @@
 
 use super::http::{self as wire, Response};
 use super::settings::{Profile, WfmSettings};
+use super::signing;
 use super::tls::{self, ClientIdentity, TlsError, TrustAnchors, TrustBundle};
 use base64::Engine as _;
 use bytes::Bytes;
-use httpsig_hyper::prelude::{
-    message_component::HttpMessageComponentId, AlgorithmName, HttpSignatureParams, SecretKey,
-};
-use httpsig_hyper::MessageSignatureReq;
-use sha2::{Digest as _, Sha256};
+use httpsig_hyper::prelude::{AlgorithmName, SecretKey};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -36,6 +33,12 @@ pub enum TransportError {
 impl TransportError {
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::Http(e) if e.is_transient())
+    }
+
+    /// A problem on the WFM's side or of the network between (not reachable, TLS
+    /// handshake refused, onboarding refused): worth retrying without any local change.
+    pub fn is_remote(&self) -> bool {
+        matches!(self, Self::Http(_) | Self::Onboarding(_))
     }
 }
 
@@ -516,43 +519,37 @@ impl Rc2 {
     }
 
     /// Adds RFC 9530 `Content-Digest` (when there is a body) and an RFC 9421 signature
-    /// over `@method`, `@target-uri`, `@authority` and `content-digest`.
+    /// over `@method`, `@target-uri`, `@authority` and `content-digest`, in the form
+    /// Margo's reference stack verifies (see [`super::signing`]).
     async fn sign(
         &self,
         request: ::http::Request<Bytes>,
     ) -> Result<::http::Request<Bytes>, TransportError> {
         let (mut parts, body) = request.into_parts();
-        let mut components = vec!["@method", "@target-uri", "@authority"];
-        if !body.is_empty() {
-            let digest = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(&body));
-            parts.headers.insert(
-                "content-digest",
-                ::http::HeaderValue::from_str(&format!("sha-256=:{digest}:"))
-                    .map_err(|e| TransportError::Signing(e.to_string()))?,
-            );
-            components.push("content-digest");
-        }
-        let ids = components
-            .iter()
-            .map(|c| HttpMessageComponentId::try_from(*c))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| TransportError::Signing(e.to_string()))?;
-        let mut params = HttpSignatureParams::try_new(&ids)
-            .map_err(|e| TransportError::Signing(e.to_string()))?;
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        params.set_created(now);
-        params.set_alg(&AlgorithmName::EcdsaP256Sha256);
-        params.set_keyid(&self.client_id);
-        let mut signed =
-            ::http::Request::from_parts(parts, http_body_util::Full::new(body.clone()));
-        signed
-            .set_message_signature(&params, &self.key, Some("sig1"))
-            .await
-            .map_err(|e| TransportError::Signing(e.to_string()))?;
-        let (parts, _) = signed.into_parts();
+        let signed = signing::sign(
+            &parts.method,
+            &parts.uri,
+            &body,
+            &self.key,
+            &self.client_id,
+            now,
+        )
+        .map_err(|e| TransportError::Signing(e.to_string()))?;
+        let header = |value: String| {
+            ::http::HeaderValue::from_str(&value)
+                .map_err(|e| TransportError::Signing(e.to_string()))
+        };
+        if let Some(digest) = signed.content_digest {
+            parts.headers.insert("content-digest", header(digest)?);
+        }
+        parts
+            .headers
+            .insert("signature-input", header(signed.signature_input)?);
+        parts.headers.insert("signature", header(signed.signature)?);
         Ok(::http::Request::from_parts(parts, body))
     }
 }
@@ -560,7 +557,8 @@ impl Rc2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use httpsig_hyper::prelude::PublicKey;
+    use httpsig_hyper::MessageSignatureReq;
+    use sha2::{Digest as _, Sha256};
 
     fn bundle(sequence: Option<u64>) -> TrustBundle {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
@@ -637,7 +635,6 @@ mod tests {
             .unwrap()
             .serialize_pem();
         let key = SecretKey::from_pem(&AlgorithmName::EcdsaP256Sha256, &pem).unwrap();
-        let public: PublicKey = key.public_key();
         let rc2 = Rc2 {
             tls: tls::rc2_client_config(rustls::RootCertStore::empty()).unwrap(),
             key,
@@ -676,16 +673,50 @@ mod tests {
         ] {
             assert!(input.contains(component), "{input} lacks {component}");
         }
-        let (parts, body) = signed.into_parts();
-        let check = ::http::Request::from_parts(parts, http_body_util::Full::new(body));
-        check.verify_message_signature(&public, None).await.unwrap();
-        // A changed body no longer matches its digest, and a changed method its signature.
-        let (mut parts, body) = check.into_parts();
-        parts.method = ::http::Method::PUT;
-        let tampered = ::http::Request::from_parts(parts, body);
-        assert!(tampered
-            .verify_message_signature(&public, None)
-            .await
-            .is_err());
+        // The order Margo's reference verifier (htmsig) rebuilds; see `signing`.
+        let params = input.split_once(')').unwrap().1;
+        assert!(
+            params.starts_with(";created=")
+                && params.ends_with(";keyid=\"client-1\";alg=\"ecdsa-p256-sha256\""),
+            "{input}: parameters must be created;keyid;alg"
+        );
+        // Strict RFC 9421 §3.2 verification: `@signature-params` exactly as received.
+        // (httpsig's own verifier re-serialises the parameters in its fixed order
+        // `created;alg;keyid`, so it cannot check this; the mock WFM's strict and
+        // fixed-order verifiers check it end to end.)
+        use p256::pkcs8::DecodePrivateKey as _;
+        let verifying = *p256::SecretKey::from_pkcs8_pem(&pem)
+            .unwrap()
+            .public_key()
+            .as_affine();
+        let verifying = p256::ecdsa::VerifyingKey::from_affine(verifying).unwrap();
+        let verify = |method: &str, url: &str, body: &[u8]| {
+            let mut base = format!(
+                "\"@method\": {method}\n\"@target-uri\": {url}\n\"@authority\": wfm.example:3001\n"
+            );
+            if !body.is_empty() {
+                base.push_str(&format!(
+                    "\"content-digest\": {}\n",
+                    signing::content_digest(body)
+                ));
+            }
+            base.push_str(&format!(
+                "\"@signature-params\": {}",
+                input.strip_prefix("sig1=").unwrap()
+            ));
+            let raw = signed.headers()["signature"].to_str().unwrap();
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(raw.strip_prefix("sig1=:").unwrap().trim_end_matches(':'))
+                .unwrap();
+            let sig = p256::ecdsa::Signature::from_slice(&raw).unwrap();
+            use p256::ecdsa::signature::Verifier as _;
+            verifying.verify(base.as_bytes(), &sig)
+        };
+        let url =
+            "https://wfm.example:3001/v1alpha2/margo/api/v1/clients/client-1/deployments/x/status";
+        verify("POST", url, &body).expect("signature verifies");
+        // A changed body no longer matches, nor does a changed method.
+        assert!(verify("POST", url, b"{\"a\":2}").is_err());
+        assert!(verify("PUT", url, &body).is_err());
     }
 }

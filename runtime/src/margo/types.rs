@@ -262,10 +262,71 @@ impl Problem {
         serde_json::from_slice(body).ok()
     }
 
-    /// The fragment of a Margo problem type URI (`gateway-not-found`), if it is one.
+    /// The name of a Margo problem type (`gateway-not-found`), if `type` is one: the
+    /// fragment of the rc.3 registry URI (or its older `margo-management-interface`
+    /// copy), or the last segment of the RFC 9421-era `.../specification/problems/NAME`
+    /// and the SUP drafts' `https://margo.org/problems/NAME`.
     pub fn margo_type(&self) -> Option<&str> {
-        self.kind.as_deref()?.rsplit_once('#').map(|(_, f)| f)
+        let kind = self.kind.as_deref()?;
+        for namespace in [
+            "https://docs.margo.org/specification/problem-types#",
+            "https://docs.margo.org/specification/margo-management-interface/problem-types#",
+            "https://docs.margo.org/specification/problems/",
+            "https://margo.org/problems/",
+            "https://margo.org/docs/errors/",
+        ] {
+            if let Some(name) = kind.strip_prefix(namespace) {
+                return (!name.is_empty()).then_some(name);
+            }
+        }
+        None
     }
+
+    /// What the problem means for the client, keyed on `type` as Margo requires; only
+    /// a body without a known type falls back to the HTTP status.
+    pub fn class(&self, status: u16) -> ProblemClass {
+        match self.margo_type() {
+            Some(
+                "not-authorized"
+                | "wfm-client-relationship-retired"
+                | "signature-verification-failed"
+                | "certificate-not-trusted"
+                | "invalid-client"
+                | "invalid-certificate-format",
+            ) => ProblemClass::Unauthorized,
+            Some("gateway-not-found") => ProblemClass::GatewayNotFound,
+            Some("semantic-error" | "invalid-request" | "invalid-digest-header") => {
+                ProblemClass::Invalid
+            }
+            Some(
+                "device-not-found"
+                | "invalid-bundle"
+                | "deployment-not-found"
+                | "server-cannot-generate-response",
+            ) => ProblemClass::NotFound,
+            _ => match status {
+                401 | 403 => ProblemClass::Unauthorized,
+                400 | 422 => ProblemClass::Invalid,
+                404 | 406 | 410 => ProblemClass::NotFound,
+                _ => ProblemClass::Other,
+            },
+        }
+    }
+}
+
+/// How the client treats a refused request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProblemClass {
+    /// Authentication or authorisation: the whole sync stops until it changes.
+    Unauthorized,
+    /// A child device reported before (or without) its gateway.
+    GatewayNotFound,
+    /// The WFM refuses this body (schema, rules).
+    Invalid,
+    /// The resource is not there.
+    NotFound,
+    /// Anything else (server errors, throttling, unknown types).
+    Other,
 }
 
 /// `DeploymentStatusManifest`
@@ -365,5 +426,39 @@ mod tests {
             .unwrap()
             .bundle
             .is_none());
+    }
+}
+
+#[cfg(test)]
+mod problem_tests {
+    use super::*;
+
+    fn problem(kind: &str) -> Problem {
+        Problem {
+            kind: Some(kind.into()),
+            ..Default::default()
+        }
+    }
+
+    /// Margo: clients key on `type`, not on the status code.
+    #[test]
+    fn class_follows_the_type_not_the_status() {
+        let p = problem("https://docs.margo.org/specification/problem-types#gateway-not-found");
+        assert_eq!(p.class(404), ProblemClass::GatewayNotFound);
+        // A registry type wins over a status that would say otherwise.
+        let p = problem("https://docs.margo.org/specification/problem-types#not-authorized");
+        assert_eq!(p.class(400), ProblemClass::Unauthorized);
+        let p =
+            problem("https://docs.margo.org/specification/problems/signature-verification-failed");
+        assert_eq!(p.class(401), ProblemClass::Unauthorized);
+        let p = problem("https://margo.org/problems/semantic-error");
+        assert_eq!(p.class(422), ProblemClass::Invalid);
+        // A 404 of a router that knows no Margo type is not a missing gateway.
+        assert_eq!(problem("about:blank").class(404), ProblemClass::NotFound);
+        assert_eq!(Problem::default().class(403), ProblemClass::Unauthorized);
+        assert_eq!(Problem::default().class(500), ProblemClass::Other);
+        // Vendor types under another domain are not Margo's.
+        let p = problem("https://vendor.example/problems#gateway-not-found");
+        assert_eq!(p.margo_type(), None);
     }
 }

@@ -3,13 +3,16 @@
 //! memory for all live instances, concurrency, storage) and its data on disk.
 
 mod cpu;
+mod guests;
 mod memory;
 
 pub use cpu::CpuShare;
+pub use guests::{workers_for, GuestRuntime, GuestRuntimeError};
 pub use memory::{InstanceLimiter, MemoryBudget, MemoryDenial};
 
 use crate::config::PartitionConfig;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -30,6 +33,8 @@ pub enum SandboxError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Runtime(#[from] GuestRuntimeError),
 }
 
 /// Why a request or event could not get an instance slot.
@@ -50,9 +55,34 @@ pub struct Partition {
     slots: Arc<Semaphore>,
     pub kv: Arc<KvStore>,
     files_dir: PathBuf,
-    /// Last measured storage use and when, so requests do not walk the data
-    /// directory every time.
-    storage_sample: std::sync::Mutex<Option<(std::time::Instant, u64)>>,
+    storage: Arc<StorageSample>,
+    /// Where this partition's guests run; last field, so it shuts down after the rest.
+    guests: GuestRuntime,
+}
+
+/// How often the storage use of a partition in use is measured again.
+const STORAGE_SAMPLE_PERIOD: Duration = Duration::from_secs(1);
+
+/// The partition's last measured storage use. Measuring walks the data directory, so a
+/// background task does it on the partition's blocking threads, never a request.
+#[derive(Debug, Default)]
+struct StorageSample {
+    used: AtomicU64,
+    /// An instance ended since the last measurement, so files or keys may have changed.
+    dirty: AtomicBool,
+}
+
+/// An instance slot of a partition, held while the instance lives.
+#[derive(Debug)]
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+    storage: Arc<StorageSample>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.storage.dirty.store(true, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for Partition {
@@ -83,34 +113,55 @@ impl Partition {
                 source,
             }
         })?;
+        let guests = GuestRuntime::new(&config.id, config.cpu)?;
+        // Measured once here (start-up, not a request) so quotas hold from the first
+        // instance on.
+        let storage = Arc::new(StorageSample {
+            used: AtomicU64::new(measure_storage(&kv, &files_dir)),
+            dirty: AtomicBool::new(false),
+        });
+        let slots = Arc::new(Semaphore::new(config.concurrency() as usize));
+        guests.spawn(sample_storage(
+            storage.clone(),
+            kv.clone(),
+            files_dir.clone(),
+            slots.clone(),
+            config.concurrency(),
+        ));
         Ok(Arc::new(Self {
             id: config.id.clone(),
             device_id: format!("{device_id}/{}", config.id),
             config: config.clone(),
             memory: Arc::new(MemoryBudget::new(config.memory.0)),
             cpu: Arc::new(CpuShare::new(config.cpu)),
-            slots: Arc::new(Semaphore::new(config.concurrency() as usize)),
+            slots,
             kv,
             files_dir,
-            storage_sample: std::sync::Mutex::new(None),
+            storage,
+            guests,
         }))
     }
 
+    /// The runtime this partition's guests run on.
+    pub fn guests(&self) -> &GuestRuntime {
+        &self.guests
+    }
+
     /// Waits up to the partition's queue timeout for an instance slot.
-    pub async fn admit(&self) -> Result<OwnedSemaphorePermit, AdmissionError> {
+    pub async fn admit(&self) -> Result<Slot, AdmissionError> {
         self.admit_within(self.config.queue_timeout()).await
     }
 
-    pub async fn admit_within(
-        &self,
-        wait: Duration,
-    ) -> Result<OwnedSemaphorePermit, AdmissionError> {
+    pub async fn admit_within(&self, wait: Duration) -> Result<Slot, AdmissionError> {
         let busy = || AdmissionError::Busy {
             partition: self.device_id.clone(),
             limit: self.config.concurrency(),
         };
         match tokio::time::timeout(wait, self.slots.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => Ok(permit),
+            Ok(Ok(permit)) => Ok(Slot {
+                _permit: permit,
+                storage: self.storage.clone(),
+            }),
             _ => Err(busy()),
         }
     }
@@ -127,30 +178,47 @@ impl Partition {
         Ok(dir)
     }
 
-    /// Bytes stored by the partition: key-value data plus files.
+    /// Bytes stored by the partition (key-value data plus files) at the last
+    /// measurement, at most about [`STORAGE_SAMPLE_PERIOD`] old while the partition
+    /// is in use.
     pub fn storage_used(&self) -> u64 {
-        self.kv.used_bytes().unwrap_or(0) + dir_size(&self.files_dir)
+        self.storage.used.load(Ordering::Relaxed)
     }
 
-    /// Whether the partition's data is at or over its storage quota, measured at most
-    /// once per second. Key-value writes are refused exactly at the quota; files,
-    /// which guests write through WASI directly, are checked here before each
-    /// instance starts, and an instance of a full partition gets `/data` read-only.
+    /// Whether the partition's data is at or over its storage quota. Key-value writes
+    /// are refused exactly at the quota; files, which guests write through WASI
+    /// directly, are checked here before each instance starts, and an instance of a
+    /// full partition gets `/data` read-only.
     pub fn storage_full(&self) -> bool {
-        let mut sample = self
-            .storage_sample
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let now = std::time::Instant::now();
-        let used = match *sample {
-            Some((at, used)) if now.duration_since(at) < Duration::from_secs(1) => used,
-            _ => {
-                let used = self.storage_used();
-                *sample = Some((now, used));
-                used
-            }
-        };
-        used >= self.config.storage.0
+        self.storage_used() >= self.config.storage.0
+    }
+}
+
+fn measure_storage(kv: &KvStore, files_dir: &Path) -> u64 {
+    kv.used_bytes().unwrap_or(0) + dir_size(files_dir)
+}
+
+/// Re-measures storage every period while instances run or after one ended; an idle
+/// partition costs no directory walks. Ends with the partition's runtime.
+async fn sample_storage(
+    sample: Arc<StorageSample>,
+    kv: Arc<KvStore>,
+    files_dir: PathBuf,
+    slots: Arc<Semaphore>,
+    concurrency: u32,
+) {
+    let mut interval = tokio::time::interval(STORAGE_SAMPLE_PERIOD);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let active = slots.available_permits() < concurrency as usize;
+        if !sample.dirty.swap(false, Ordering::Relaxed) && !active {
+            continue;
+        }
+        let (kv, dir) = (kv.clone(), files_dir.clone());
+        if let Ok(used) = tokio::task::spawn_blocking(move || measure_storage(&kv, &dir)).await {
+            sample.used.store(used, Ordering::Relaxed);
+        }
     }
 }
 

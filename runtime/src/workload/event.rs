@@ -1,6 +1,7 @@
 //! Event triggers: calls into `margo:edge/event-handler.handle` in a fresh instance.
 
 use super::{InstanceState, InvocationError, Workload};
+use std::sync::Arc;
 use wasmtime::component::{Component, ComponentExportIndex, ComponentType, Instance, Lower};
 use wasmtime::Store;
 
@@ -73,10 +74,18 @@ impl Workload {
         call_handler(store, instance, export, Trigger::Timer(tick)).await
     }
 
-    /// Runs one timer tick in a fresh instance.
-    pub async fn invoke_tick(&self, tick: Tick) -> Result<(), InvocationError> {
-        let result = self.invoke_event(Trigger::Timer(tick)).await;
-        self.record(&result);
+    /// Runs one timer tick in a fresh instance, on the partition's own runtime.
+    pub async fn invoke_tick(self: &Arc<Self>, tick: Tick) -> Result<(), InvocationError> {
+        let started = std::time::Instant::now();
+        let workload = self.clone();
+        let result = self
+            .spec
+            .partition
+            .guests()
+            .spawn(async move { workload.invoke_event(Trigger::Timer(tick)).await })
+            .await
+            .unwrap_or_else(|join| Err(self.failed(format!("crashed: {join}"))));
+        self.record(&result, started);
         result
     }
 
@@ -96,7 +105,9 @@ impl Workload {
                 })?;
         let mut store = self.new_store()?;
         let call = async {
-            let instance = self.pre.instantiate_async(&mut store).await?;
+            let instance = self
+                .timed_instantiate(self.pre.instantiate_async(&mut store))
+                .await?;
             call_handler(&mut store, &instance, export, trigger).await
         };
         // Epoch interruption only fires while wasm runs; this bounds host calls too.

@@ -1,10 +1,12 @@
 //! HTTP triggers: one request, one fresh instance, one `wasi:http/incoming-handler` call.
 
-use super::{InvocationError, Workload};
+use super::body::{prefetch, BodyRate, BoxError, Paced, TooSlow};
+use super::{InstanceState, InvocationError, Workload};
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::WasiHttpView;
 
 /// The body type every ingress response uses.
@@ -31,19 +33,56 @@ fn invocation_response(err: &InvocationError) -> hyper::Response<ResponseBody> {
     error_response(err.status(), &err.to_string(), err.retryable())
 }
 
+/// Maps a failure of the request body onto what `wasi:http` reports to the guest.
+fn body_error(max_body: u64, err: BoxError) -> wasmtime_wasi_http::Error {
+    if err.is::<LengthLimitError>() {
+        return wasmtime_wasi_http::Error::HttpRequestBodySize(Some(max_body));
+    }
+    match err.downcast::<hyper::Error>() {
+        Ok(err) => wasmtime_wasi_http::Error::Hyper(*err),
+        Err(err) => wasmtime_wasi_http::Error::InternalError(Some(err.to_string())),
+    }
+}
+
+/// Resolves when the body falls below the minimum rate; never if it does not.
+async fn slow_body(tripped: tokio::sync::oneshot::Receiver<()>) {
+    if tripped.await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 impl Workload {
     /// Serves `request` in a fresh instance. Never fails: every problem becomes an HTTP
     /// error response naming the deployment and what went wrong.
     ///
     /// The ingress passes hyper's `Incoming`; any body works (benchmarks pass an in-memory
     /// one to time exactly this path without a socket).
+    ///
+    /// The instance runs on the partition's own runtime (see [`crate::sandbox::GuestRuntime`]),
+    /// so this future, on the ingress runtime, only waits. The body's first bytes are read
+    /// before a slot is taken, under the minimum-rate rule of [`super::body`].
     pub async fn handle_http<B>(
         self: std::sync::Arc<Self>,
         request: hyper::Request<B>,
         max_body: u64,
     ) -> hyper::Response<ResponseBody>
     where
-        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        self.handle_http_paced(request, max_body, BodyRate::default())
+            .await
+    }
+
+    /// [`Self::handle_http`] with an explicit body rule.
+    pub async fn handle_http_paced<B>(
+        self: std::sync::Arc<Self>,
+        request: hyper::Request<B>,
+        max_body: u64,
+        rate: BodyRate,
+    ) -> hyper::Response<ResponseBody>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let Some(proxy) = self.http.clone() else {
@@ -53,6 +92,15 @@ impl Workload {
                 false,
             );
         };
+        let (parts, body) = request.into_parts();
+        let (tripped_tx, tripped) = tokio::sync::oneshot::channel();
+        let paced = Paced::new(Limited::new(body, max_body as usize), rate, tripped_tx);
+        let body = match prefetch(paced).await {
+            Ok(body) => body,
+            Err(err) => return self.unread_body(max_body, err),
+        };
+        // Invocation time counts from admission, as without a body.
+        let started = std::time::Instant::now();
         let permit = match self.spec.partition.admit().await {
             Ok(permit) => permit,
             Err(source) => {
@@ -60,81 +108,30 @@ impl Workload {
                     label: self.spec.label(),
                     source,
                 };
-                self.record(&Err(err.clone()));
+                self.record(&Err(err.clone()), started);
                 return invocation_response(&err);
             }
         };
-        let mut store = match self.new_store() {
-            Ok(store) => store,
-            Err(err) => {
-                self.record(&Err(err.clone()));
-                return invocation_response(&err);
-            }
-        };
-        let request = request.map(|body| {
-            Limited::new(body, max_body as usize).map_err(move |err| {
-                if err.is::<LengthLimitError>() {
-                    return wasmtime_wasi_http::Error::HttpRequestBodySize(Some(max_body));
-                }
-                match err.downcast::<hyper::Error>() {
-                    Ok(err) => wasmtime_wasi_http::Error::Hyper(*err),
-                    Err(err) => wasmtime_wasi_http::Error::InternalError(Some(err.to_string())),
-                }
-            })
-        });
-        let prepared = store
-            .data_mut()
-            .http()
-            .new_incoming_request(Scheme::Http, request)
-            .and_then(|req| {
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                let out = store.data_mut().http().new_response_outparam(tx)?;
-                Ok((req, out, rx))
-            });
-        let (req, out, response_rx) = match prepared {
-            Ok(parts) => parts,
-            Err(err) => {
-                return error_response(
-                    400,
-                    &format!(
-                        "{}: cannot pass the request to the guest: {err:#}",
-                        self.spec.label()
-                    ),
-                    false,
-                )
-            }
-        };
+        let request =
+            hyper::Request::from_parts(parts, body.map_err(move |err| body_error(max_body, err)));
+        let (head_tx, head) = tokio::sync::oneshot::channel();
         let workload = self.clone();
-        let grace = self.spec.timeout + crate::engine::EPOCH_TICK * 10;
         // The guest runs in its own task so it can keep streaming the body after the
         // response head went out; the slot is held until it finishes.
-        let task = tokio::spawn(async move {
+        let task = self.spec.partition.guests().spawn(async move {
             let _permit = permit;
-            let call = async {
-                let instance = proxy.instantiate_async(&mut store).await?;
-                instance
-                    .wasi_http_incoming_handler()
-                    .call_handle(&mut store, req, out)
-                    .await
-            };
-            let result = match tokio::time::timeout(grace, call).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(err)) => Err(workload.classify(store.data(), &err)),
-                Err(_) => Err(InvocationError::Timeout {
-                    label: workload.spec.label(),
-                    timeout: workload.spec.timeout,
-                }),
-            };
-            workload.record(&result);
-            result
+            workload.run_http(proxy, request, head_tx, started).await
         });
-        match response_rx.await {
-            Ok(Ok(response)) => response,
-            Ok(Err(code)) => error_response(
-                500,
-                &format!("{}: guest answered with error {code:?}", self.spec.label()),
-                false,
-            ),
+        let response = tokio::select! {
+            response = head => response,
+            () = slow_body(tripped) => {
+                // No head yet and the client stalls: stop the instance, free its slot.
+                task.abort();
+                return error_response(408, &format!("{}: {}", self.spec.label(), TooSlow(rate)), false);
+            }
+        };
+        match response {
+            Ok(response) => response,
             // The guest never set a response: the task tells why.
             Err(_) => match task.await {
                 Ok(Err(err)) => invocation_response(&err),
@@ -150,5 +147,110 @@ impl Workload {
                 ),
             },
         }
+    }
+
+    /// The answer to a request whose body failed before it was admitted.
+    fn unread_body(&self, max_body: u64, err: BoxError) -> hyper::Response<ResponseBody> {
+        let label = self.spec.label();
+        if let Some(slow) = err.downcast_ref::<TooSlow>() {
+            return error_response(408, &format!("{label}: {slow}"), false);
+        }
+        if err.is::<LengthLimitError>() {
+            return error_response(
+                413,
+                &format!("{label}: the request body exceeds {max_body} bytes"),
+                false,
+            );
+        }
+        error_response(
+            400,
+            &format!("{label}: cannot read the request body: {err}"),
+            false,
+        )
+    }
+
+    /// Instantiates and calls the guest's handler; sends the response head (or why there
+    /// is none) on `head` as soon as there is one. Runs on the partition's runtime.
+    async fn run_http<B>(
+        self: std::sync::Arc<Self>,
+        proxy: ProxyPre<InstanceState>,
+        request: hyper::Request<B>,
+        head: tokio::sync::oneshot::Sender<hyper::Response<ResponseBody>>,
+        started: std::time::Instant,
+    ) -> Result<(), InvocationError>
+    where
+        B: hyper::body::Body<Data = Bytes, Error = wasmtime_wasi_http::Error> + Send + 'static,
+    {
+        let mut store = match self.new_store() {
+            Ok(store) => store,
+            Err(err) => {
+                self.record(&Err(err.clone()), started);
+                let _ = head.send(invocation_response(&err));
+                return Ok(());
+            }
+        };
+        let prepared = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, request)
+            .and_then(|req| {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let out = store.data_mut().http().new_response_outparam(tx)?;
+                Ok((req, out, rx))
+            });
+        let (req, out, response_rx) = match prepared {
+            Ok(parts) => parts,
+            Err(err) => {
+                let _ = head.send(error_response(
+                    400,
+                    &format!(
+                        "{}: cannot pass the request to the guest: {err:#}",
+                        self.spec.label()
+                    ),
+                    false,
+                ));
+                return Ok(());
+            }
+        };
+        let label = self.spec.label();
+        // Forwards the head as soon as the guest sets it, while the call goes on.
+        let forward = async move {
+            let response = match response_rx.await {
+                Ok(Ok(response)) => response,
+                Ok(Err(code)) => error_response(
+                    500,
+                    &format!("{label}: guest answered with error {code:?}"),
+                    false,
+                ),
+                // Dropped without a response: `head` is dropped too, and the caller
+                // asks this task's result why.
+                Err(_) => return,
+            };
+            let _ = head.send(response);
+        };
+        let forwarder = tokio::spawn(forward);
+        let grace = self.spec.timeout + crate::engine::EPOCH_TICK * 10;
+        let call = async {
+            let instance = self
+                .timed_instantiate(proxy.instantiate_async(&mut store))
+                .await?;
+            instance
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, req, out)
+                .await
+        };
+        let result = match tokio::time::timeout(grace, call).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(self.classify(store.data(), &err)),
+            Err(_) => Err(InvocationError::Timeout {
+                label: self.spec.label(),
+                timeout: self.spec.timeout,
+            }),
+        };
+        self.record(&result, started);
+        drop(store);
+        // The head, if the guest set one, is forwarded before this task reports.
+        let _ = forwarder.await;
+        result
     }
 }

@@ -3,21 +3,25 @@
 //! instance from the pool; nothing a guest does survives its call except what it wrote
 //! through the platform services.
 
+mod body;
 mod event;
 mod http;
 mod outbound;
 mod state;
 
+pub use body::{
+    BodyRate, GRACE as BODY_GRACE, MIN_RATE as BODY_MIN_RATE, PREFETCH as BODY_PREFETCH,
+};
 pub use event::{EventExport, Tick, Trigger};
 pub use http::{error_response, ResponseBody};
 pub use outbound::OutboundPolicy;
 pub use state::InstanceState;
 
 use crate::sandbox::{MemoryDenial, Partition};
+use crate::telemetry::{FailureKind, WorkloadMetrics};
 use state::GuestClock;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use wasmgate_host_api::{ConfigVars, LogContext, WasmgateCtx};
 use wasmtime::component::{Component, InstancePre, Linker, ResourceTable};
 use wasmtime::{Engine, Store, Trap};
@@ -63,12 +67,6 @@ impl WorkloadSpec {
     }
 }
 
-#[derive(Debug, Default)]
-pub struct WorkloadStats {
-    pub invocations: AtomicU64,
-    pub failures: AtomicU64,
-}
-
 /// Why an invocation produced no result.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum InvocationError {
@@ -110,6 +108,17 @@ impl InvocationError {
     pub fn retryable(&self) -> bool {
         matches!(self, Self::Busy { .. } | Self::PartitionMemory { .. })
     }
+
+    /// The `kind` label this failure is counted under.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            Self::Busy { .. } => FailureKind::Queue,
+            Self::Timeout { .. } => FailureKind::Deadline,
+            Self::InstanceMemory { .. } | Self::PartitionMemory { .. } => FailureKind::Memory,
+            Self::Trap { .. } => FailureKind::Trap,
+            Self::Failed { .. } => FailureKind::Error,
+        }
+    }
 }
 
 pub struct Workload {
@@ -117,7 +126,8 @@ pub struct Workload {
     pre: InstancePre<InstanceState>,
     http: Option<ProxyPre<InstanceState>>,
     event: Option<EventExport>,
-    pub stats: WorkloadStats,
+    /// Taken once when the workload is built, so a request records without a lookup.
+    pub metrics: WorkloadMetrics,
 }
 
 impl std::fmt::Debug for Workload {
@@ -191,8 +201,14 @@ impl Workload {
             pre,
             http,
             event,
-            stats: WorkloadStats::default(),
+            metrics: WorkloadMetrics::detached(),
         })
+    }
+
+    /// Records into `metrics` (the host's registry) instead of detached counters.
+    pub fn with_metrics(mut self, metrics: WorkloadMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     pub fn engine(&self) -> &Engine {
@@ -294,10 +310,19 @@ impl Workload {
         }
     }
 
-    fn record(&self, result: &Result<(), InvocationError>) {
-        self.stats.invocations.fetch_add(1, Ordering::Relaxed);
+    /// Runs `instantiate` and records how long it took as a cold start.
+    async fn timed_instantiate<T>(&self, instantiate: impl std::future::Future<Output = T>) -> T {
+        let started = Instant::now();
+        let instance = instantiate.await;
+        self.metrics.cold_start(started.elapsed());
+        instance
+    }
+
+    /// Counts one finished invocation that began at `started`.
+    fn record(&self, result: &Result<(), InvocationError>, started: Instant) {
+        let failure = result.as_ref().err().map(InvocationError::kind);
+        self.metrics.invocation(started.elapsed(), failure);
         if let Err(err) = result {
-            self.stats.failures.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 deployment = %self.spec.deployment_name,
                 component = %self.spec.component,

@@ -85,6 +85,27 @@ impl Sandbox {
     }
 }
 
+/// `wasmgate up` with one deployment of one component `(name, wasm, extensions)` in
+/// one partition `apps` (device `edge-01`), and `http` as the `[http]` section's lines.
+pub fn serve_one(component: (&str, &str, &str), http: &str) -> (Sandbox, Wasmgate) {
+    let sandbox = Sandbox::new();
+    let (name, wasm, extensions) = component;
+    sandbox.put(
+        &format!("{name}.yaml"),
+        &deployment(
+            "11111111-1111-4111-8111-111111111111",
+            name,
+            None,
+            &[(name, wasm, extensions)],
+            &[],
+        ),
+    );
+    let gate = sandbox.up(&format!(
+        "[device]\nid = \"edge-01\"\n[http]\n{http}\n[[partition]]\nid = \"apps\"\ncpu = 1.0\nmemory = \"256Mi\"\nstorage = \"16Mi\"\n"
+    ));
+    (sandbox, gate)
+}
+
 /// Two partitions: `apps` (1 core) and `sensors` (0.5 core).
 pub const TWO_PARTITIONS: &str = r#"
 [device]
@@ -244,6 +265,25 @@ impl Wasmgate {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends `signal` (`"TERM"`, `"INT"`, ...) to the process.
+    pub fn signal(&self, signal: &str) {
+        unsafe_kill(self.child.id(), signal);
+    }
+
+    /// Waits up to `timeout` for the process to exit: its status, or `None` if it runs on.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Stops the process as an operator would (SIGTERM) and waits for it.

@@ -157,10 +157,26 @@ pub struct MockOptions {
     /// `pki.wfm_svid_with_id(..)` / `pki.foreign_ca_wfm()` for negative tests.
     pub server_identity: Option<Identity>,
     /// rc.2 only: add `custom` to the `supportedRuntimes` / `supportedDeploymentTypes` enums
-    /// (the rc.2 OpenAPI only has `oci` and `helm|compose`). Default false (strict).
+    /// (the rc.2 OpenAPI only has `oci` and `helm|compose`) and, with it, the top-level
+    /// `labels` that Margo's custom-runtime extension requires of a device reporting
+    /// `custom` (rc.3's schema of them). Default false (strict).
     pub rc2_allow_custom: bool,
     /// rc.2: allowed distance of the signature's `created` from the mock's clock.
     pub max_signature_age_secs: u64,
+    /// rc.2: how signatures are verified.
+    pub verifier: SignatureVerifier,
+}
+
+/// How the mock rebuilds `@signature-params` when it verifies an rc.2 signature.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SignatureVerifier {
+    /// RFC 9421 §3.2: exactly as the received `Signature-Input` serialises it.
+    #[default]
+    Strict,
+    /// As Margo's reference stack does (Go `lestrrat-go/htmsig` v1.0.0): the covered
+    /// components as received, then the parameters in the fixed order `created`,
+    /// `expires`, `keyid`, `alg` (those present), whatever order the client sent.
+    FixedOrder,
 }
 
 impl Default for MockOptions {
@@ -169,6 +185,7 @@ impl Default for MockOptions {
             server_identity: None,
             rc2_allow_custom: false,
             max_signature_age_secs: 300,
+            verifier: SignatureVerifier::Strict,
         }
     }
 }
@@ -206,6 +223,7 @@ impl MockWfm {
             root_pem: pki.root_pem(),
             addr,
             max_age: options.max_signature_age_secs,
+            verifier: options.verifier,
             schemas,
             state: Mutex::new(State::new()),
         });
@@ -341,6 +359,18 @@ impl MockWfm {
         ack_rx
             .recv_timeout(Duration::from_secs(10))
             .expect("mock WFM did not acknowledge");
+    }
+
+    /// Refuses every capabilities report of `device_id` with `status` (`None`: accept
+    /// again): `422` a strict WFM's semantic error, `404` with `about:blank` as a router
+    /// that cannot route hierarchical deviceIds answers (Margo's conformance mock),
+    /// `500` a retryable server error with `Retry-After: 1`.
+    pub fn refuse_capabilities(&self, device_id: &str, status: Option<u16>) {
+        let mut st = self.inner.state.lock().unwrap();
+        match status {
+            Some(code) => st.refused_capabilities.insert(device_id.into(), code),
+            None => st.refused_capabilities.remove(device_id),
+        };
     }
 
     /// rc.3: `false` makes every request answer `403 #not-authorized` (relationship retired).
@@ -496,6 +526,8 @@ struct State {
     handshakes: Vec<Handshake>,
     down: Option<DownMode>,
     authorized: bool,
+    /// deviceId -> status to refuse its capabilities with (see `refuse_capabilities`).
+    refused_capabilities: BTreeMap<String, u16>,
     rc2_clients: Vec<(String, p256::ecdsa::VerifyingKey)>,
 }
 
@@ -518,6 +550,7 @@ impl State {
             handshakes: vec![],
             down: None,
             authorized: true,
+            refused_capabilities: BTreeMap::new(),
             rc2_clients: vec![],
         }
     }
@@ -529,6 +562,7 @@ struct Inner {
     root_pem: String,
     addr: SocketAddr,
     max_age: u64,
+    verifier: SignatureVerifier,
     schemas: Schemas,
     state: Mutex<State>,
 }
@@ -616,6 +650,15 @@ impl Schemas {
                 let mut doc = load_openapi("history/workload-management-api-1.0.0-rc.2.yaml");
                 if rc2_allow_custom {
                     ensure_custom(&mut doc);
+                    let rc3 = load_openapi("workload-management-api-1.0.0-rc.3.yaml");
+                    let labels = rc3
+                        .pointer("/components/schemas/DeviceCapabilitiesManifest/properties/labels")
+                        .cloned()
+                        .expect("mock WFM: rc.3 capabilities have labels");
+                    doc.pointer_mut("/components/schemas/DeviceCapabilitiesManifest/properties")
+                        .and_then(Value::as_object_mut)
+                        .expect("mock WFM: rc.2 capabilities have properties")
+                        .insert("labels".into(), labels);
                 }
                 let onboarding = doc
                     .pointer("/paths/~1api~1v1~1onboarding/post/requestBody/content/application~1json/schema")
@@ -1524,6 +1567,28 @@ impl Inner {
             Ok(b) => b,
             Err(r) => return r,
         };
+        if let Some(code) = st.refused_capabilities.get(device_id).copied() {
+            return match code {
+                422 => self.problem_with(
+                    422,
+                    "semantic-error",
+                    "Semantic error",
+                    "refused by the test",
+                    req,
+                    Some(vec![("properties".into(), "refused by the test".into())]),
+                ),
+                404 => self.problem(404, "about:blank", "Not Found", "no such route", req),
+                other => self
+                    .problem(
+                        other,
+                        "about:blank",
+                        "Internal Server Error",
+                        "refused by the test",
+                        req,
+                    )
+                    .with("retry-after", "1".to_string()),
+            };
+        }
         let mut errors = schema_errors(&self.schemas.capabilities, &body);
         if errors.is_empty() {
             errors = self.capability_rules(&body, device_id);
@@ -1612,9 +1677,9 @@ impl Inner {
                     .as_array()
                     .is_some_and(|l| l.iter().any(|v| v == "custom"))
             });
-        // rc.2 has no `labels` at all (additionalProperties: false), so this rule is rc.3's.
+        // A strict rc.2 schema has neither `custom` nor `labels` (additionalProperties:
+        // false); where `custom` is allowed, the custom-runtime rule applies as in rc.3.
         if uses_custom
-            && self.profile == Profile::Rc3
             && body["labels"]
                 .as_object()
                 .is_none_or(|labels| labels.is_empty())
@@ -2047,7 +2112,8 @@ impl Inner {
                 format!("no client with clientId {client_id:?}"),
             );
         };
-        if let Err((status, name, detail)) = verify_request(req, &key, self.max_age) {
+        if let Err((status, name, detail)) = verify_request(req, &key, self.max_age, self.verifier)
+        {
             let title = if status == 401 {
                 "Signature verification failed"
             } else {
@@ -2165,6 +2231,7 @@ fn verify_request(
     req: &Req,
     key: &p256::ecdsa::VerifyingKey,
     max_age: u64,
+    verifier: SignatureVerifier,
 ) -> Result<(), (u16, &'static str, String)> {
     let sig401 = |d: String| (401, "signature-verification-failed", d);
     let dig400 = |d: String| (400, "invalid-digest-header", d);
@@ -2268,6 +2335,17 @@ fn verify_request(
                 )));
             }
         }
+        let rebuilt;
+        let params = match verifier {
+            SignatureVerifier::Strict => params,
+            SignatureVerifier::FixedOrder => {
+                rebuilt = ["created", "expires", "keyid", "alg"]
+                    .iter()
+                    .filter_map(|k| params.iter().find(|(n, _)| n == k).cloned())
+                    .collect::<Params>();
+                &rebuilt
+            }
+        };
         let base = signature_base(
             req.method.as_str(),
             authority,

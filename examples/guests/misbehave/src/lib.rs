@@ -5,7 +5,10 @@ use core::hint::black_box;
 use std::time::{Duration, Instant};
 
 use guest_kit::exports::wasi::http::incoming_handler::Guest;
-use guest_kit::wasi::http::types::{IncomingRequest, ResponseOutparam};
+use guest_kit::wasi::http::types::{
+    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+};
+use guest_kit::wasi::io::streams::StreamError;
 use guest_kit::{query_param, request_path, respond_text};
 
 const MIB: usize = 1 << 20;
@@ -107,6 +110,46 @@ fn busy(ms: u64) -> u64 {
     iterations
 }
 
+/// Reads the whole request body, however slowly it arrives, and returns its size.
+fn drain(request: IncomingRequest) -> Result<u64, String> {
+    let body = request
+        .consume()
+        .map_err(|()| "the body was already taken".to_string())?;
+    let stream = body
+        .stream()
+        .map_err(|()| "the body stream was already taken".to_string())?;
+    let mut total = 0u64;
+    loop {
+        match stream.blocking_read(64 * 1024) {
+            Ok(chunk) => total += chunk.len() as u64,
+            Err(StreamError::Closed) => return Ok(total),
+            Err(StreamError::LastOperationFailed(err)) => return Err(err.to_debug_string()),
+        }
+    }
+}
+
+/// Sends the head at once, then `chunks` lines one `every` apart: a slow streaming
+/// response, for the host's drain-on-shutdown tests.
+fn drip(out: ResponseOutparam, chunks: u32, every: Duration) {
+    let headers = Fields::from_list(&[("content-type".to_string(), b"text/plain".to_vec())])
+        .expect("content-type is a valid header");
+    let response = OutgoingResponse::new(headers);
+    let body = response.body().expect("body is taken once");
+    ResponseOutparam::set(out, Ok(response));
+    {
+        let stream = body.write().expect("stream is taken once");
+        for i in 0..chunks {
+            std::thread::sleep(every);
+            let line = format!("chunk {i}\n");
+            if stream.blocking_write_and_flush(line.as_bytes()).is_err() {
+                return;
+            }
+        }
+        // The stream is a child of the body and must be dropped before `finish`.
+    }
+    let _ = OutgoingBody::finish(body, None);
+}
+
 struct Misbehave;
 
 impl Guest for Misbehave {
@@ -129,6 +172,20 @@ impl Guest for Misbehave {
                     .unwrap_or(1000);
                 let iterations = busy(ms);
                 respond_text(out, 200, &format!("iterations: {iterations}\n"));
+            }
+            "drain" => match drain(request) {
+                Ok(bytes) => respond_text(out, 200, &format!("read {bytes} bytes\n")),
+                Err(err) => respond_text(out, 400, &format!("reading the body: {err}\n")),
+            },
+            "drip" => {
+                let number = |name, default| {
+                    query_param(&request, name)
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(default)
+                };
+                let chunks = number("chunks", 5);
+                let ms = number("ms", 500);
+                drip(out, chunks, Duration::from_millis(u64::from(ms)));
             }
             _ => respond_text(out, 404, &format!("unknown behaviour {action:?}\n")),
         }
