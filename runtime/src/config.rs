@@ -134,6 +134,91 @@ impl HttpConfig {
     }
 }
 
+/// The shape Margo rc.3 gives one capability entry: its `type` enum and the other keys
+/// it allows. Anything else would make a strict WFM refuse the whole capabilities
+/// document, so it is refused here, where the operator sees which entry is wrong.
+struct EntrySchema {
+    types: &'static [&'static str],
+    other_keys: &'static [&'static str],
+}
+
+const INTERFACE_SCHEMA: EntrySchema = EntrySchema {
+    types: &[
+        "ethernet",
+        "wifi",
+        "cellular",
+        "bluetooth",
+        "usb",
+        "canbus",
+        "rs232",
+    ],
+    other_keys: &[],
+};
+
+const PERIPHERAL_SCHEMA: EntrySchema = EntrySchema {
+    types: &["gpu", "display", "camera", "microphone", "speaker"],
+    other_keys: &["manufacturer", "model"],
+};
+
+fn check_capability_entries(
+    at: &str,
+    key: &str,
+    entries: &[serde_json::Value],
+    schema: &EntrySchema,
+) -> Result<(), String> {
+    for (i, entry) in entries.iter().enumerate() {
+        let here = format!("{at} {key}[{i}]");
+        let Some(fields) = entry.as_object() else {
+            return Err(format!(
+                "{here}: expected a table such as {{ type = \"{}\" }}",
+                schema.types[0]
+            ));
+        };
+        match fields.get("type").and_then(|t| t.as_str()) {
+            Some(t) if schema.types.contains(&t) => {}
+            Some(t) => {
+                return Err(format!(
+                    "{here} type = {t:?}: expected one of {}",
+                    schema.types.join(", ")
+                ))
+            }
+            None => {
+                return Err(format!(
+                    "{here}: missing `type` (a string: one of {})",
+                    schema.types.join(", ")
+                ))
+            }
+        }
+        for (name, value) in fields {
+            if name == "type" {
+                continue;
+            }
+            if !schema.other_keys.contains(&name.as_str()) {
+                let allowed = if schema.other_keys.is_empty() {
+                    "only `type`".to_owned()
+                } else {
+                    format!(
+                        "`type`, {}",
+                        schema
+                            .other_keys
+                            .iter()
+                            .map(|k| format!("`{k}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                };
+                return Err(format!(
+                    "{here}: unknown key `{name}` (Margo allows {allowed})"
+                ));
+            }
+            if !value.is_string() {
+                return Err(format!("{here} {name}: expected a string"));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
 }
@@ -434,6 +519,11 @@ impl Config {
             if !seen.insert(p.id.as_str()) {
                 return invalid(format!("{at} id: duplicate partition id"));
             }
+            check_capability_entries(&at, "interfaces", &p.interfaces, &INTERFACE_SCHEMA)
+                .and_then(|()| {
+                    check_capability_entries(&at, "peripherals", &p.peripherals, &PERIPHERAL_SCHEMA)
+                })
+                .or_else(invalid)?;
             if !(p.cpu.is_finite() && p.cpu > 0.0 && p.cpu <= 1024.0) {
                 return invalid(format!(
                     "{at} cpu = {}: expected a number of cores > 0, e.g. 0.5",
@@ -584,6 +674,48 @@ mod tests {
         assert_eq!(config.partitions[0].id, "default");
         assert!(config.partitions[0].cpu >= 1.0);
         assert!(config.partitions[0].memory.0 <= 1 << 30);
+    }
+
+    #[test]
+    fn capability_entries_follow_the_margo_schema() {
+        let with = |entries: &str| {
+            Config::parse(&format!(
+                "[[partition]]\nid = \"a\"\ncpu = 1\nmemory = \"64Mi\"\nstorage = \"1Mi\"\n{entries}"
+            ))
+        };
+        with("interfaces = [{ type = \"ethernet\" }, { type = \"canbus\" }]\nperipherals = [{ type = \"camera\", manufacturer = \"Acme\", model = \"X1\" }]")
+            .unwrap();
+        for (entries, expected) in [
+            (
+                "interfaces = [{ type = \"serial\" }]",
+                "interfaces[0] type = \"serial\": expected one of ethernet",
+            ),
+            (
+                "interfaces = [{ kind = \"wifi\" }]",
+                "interfaces[0]: missing `type`",
+            ),
+            ("interfaces = [\"wifi\"]", "interfaces[0]: expected a table"),
+            (
+                "interfaces = [{ type = \"wifi\", model = \"x\" }]",
+                "unknown key `model` (Margo allows only `type`)",
+            ),
+            (
+                "peripherals = [{ type = \"gpu\" }, { type = \"lidar\" }]",
+                "peripherals[1] type = \"lidar\"",
+            ),
+            (
+                "peripherals = [{ type = \"gpu\", vram = 8 }]",
+                "unknown key `vram`",
+            ),
+            (
+                "peripherals = [{ type = \"gpu\", model = 8 }]",
+                "peripherals[0] model: expected a string",
+            ),
+        ] {
+            let err = with(entries).unwrap_err().to_string();
+            assert!(err.contains(expected), "{entries}: {err}");
+            assert!(err.contains("[[partition]] #1"), "{err}");
+        }
     }
 
     #[test]
