@@ -258,6 +258,8 @@ fn announce(
             *announced = lines;
         }
     }
+    // The first announcement follows the first pass over the desired state on disk.
+    crate::service::ready(&format!("serving on http://{addr}"));
 }
 
 /// Exit status when a graceful shutdown overran its bound.
@@ -314,6 +316,7 @@ async fn handle_signals(mut signals: Signals, shutdown: ingress::Shutdown, bound
         bound.as_secs_f64()
     );
     shutdown.trigger();
+    crate::service::stopping();
     // A thread, not a task: the bound holds even if every async worker is stuck.
     let watchdog = std::thread::Builder::new()
         .name("shutdown-bound".into())
