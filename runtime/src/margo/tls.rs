@@ -166,6 +166,31 @@ impl TrustAnchors {
     }
 }
 
+/// X.509-SVID §4.3: a leaf's key signs (`digitalSignature`, which the TLS 1.3
+/// CertificateVerify needs) and never certifies. webpki checks the extended key usage
+/// but not this, so a certificate whose issuer restricted the key would pass otherwise.
+fn svid_key_usage(cert: &x509_parser::certificate::X509Certificate<'_>) -> Result<(), String> {
+    let usage = cert
+        .key_usage()
+        .map_err(|e| format!("unreadable key usage extension: {e}"))?;
+    let Some(usage) = usage else {
+        return Ok(());
+    };
+    if !usage.value.digital_signature() {
+        return Err(format!(
+            "key usage {} lacks digitalSignature, so the key may not sign the TLS handshake",
+            usage.value
+        ));
+    }
+    if usage.value.key_cert_sign() || usage.value.crl_sign() {
+        return Err(format!(
+            "key usage {} allows certificate or CRL signing, which an SVID leaf must not",
+            usage.value
+        ));
+    }
+    Ok(())
+}
+
 /// Verifies the WFM's SVID: chain to the trust bundle (server-auth usage), exactly one
 /// `spiffe://` URI SAN equal to the expected WFM ID, leaf not a CA.
 #[derive(Debug)]
@@ -238,6 +263,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
                 "WFM certificate is a CA certificate, not an SVID".into(),
             ));
         }
+        svid_key_usage(&parsed).map_err(|e| bad_cert(format!("WFM certificate: {e}")))?;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -385,6 +411,30 @@ mod tests {
         ] {
             assert!(ClientIdentity::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    fn leaf_with(usages: Vec<rcgen::KeyUsagePurpose>) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.key_usages = usages;
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn svid_leaf_key_usage() {
+        use rcgen::KeyUsagePurpose::*;
+        let check = |usages| {
+            let der = leaf_with(usages);
+            let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+            svid_key_usage(&cert)
+        };
+        assert!(check(vec![DigitalSignature]).is_ok());
+        assert!(check(vec![DigitalSignature, KeyEncipherment]).is_ok());
+        assert!(check(vec![]).is_ok(), "no extension: no restriction");
+        let err = check(vec![KeyEncipherment]).unwrap_err();
+        assert!(err.contains("digitalSignature"), "{err}");
+        assert!(check(vec![DigitalSignature, KeyCertSign]).is_err());
+        assert!(check(vec![DigitalSignature, CrlSign]).is_err());
     }
 
     #[test]
