@@ -412,3 +412,142 @@ fn wfm_that_drips_its_body_forever_times_out() {
 fn wfm_that_never_answers_times_out() {
     stalled_wfm_times_out_and_the_cycle_goes_on(Stall::Silent, "silent after accept");
 }
+
+/// `wasmgate up` with `config`, expected to refuse to start: its exit status (within
+/// 30 s) and its stderr.
+fn up_refused(sandbox: &Sandbox, config: &str) -> (std::process::ExitStatus, String) {
+    let config = sandbox.config(config);
+    let mut child = std::process::Command::new(BIN)
+        .args(["up", "--config"])
+        .arg(&config)
+        .arg("--deployments")
+        .arg(sandbox.deployments())
+        .arg("--state-dir")
+        .arg(sandbox.state())
+        .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("wasmgate up kept running with an unsafe key file");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status, stderr)
+}
+
+fn wfm_config(wfm_url: &str, transport: &str) -> String {
+    format!(
+        "[device]\nid = \"edge-01\"\nmode = \"see-thru\"\notel-collector = true\nlabels = {{ site = \"north\" }}\n\
+         [[partition]]\nid = \"apps\"\ncpu = 1.0\nmemory = \"256Mi\"\nstorage = \"16Mi\"\nlabels = {{ tier = \"apps\" }}\n\
+         [wfm]\nurl = \"{wfm_url}\"\npoll-interval = \"300ms\"\n{transport}\n"
+    )
+}
+
+#[test]
+fn private_keys_open_to_others_or_not_regular_files_refuse_the_start() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let sandbox = Sandbox::new();
+    let pki = Pki::new("example.org", "wfm-1", "edge-01");
+    let files = pki.write_client_files(&sandbox.path().join("pki"));
+    // Nothing listens here: the refusal comes before any connection.
+    let url = "https://127.0.0.1:9/v1alpha2/margo";
+    let rc3 = wfm_config(
+        url,
+        &format!(
+            "profile = \"rc3\"\nsvid-cert = {:?}\nsvid-key = {:?}\ntrust-bundle = {:?}",
+            files.svid_cert, files.svid_key, files.trust_bundle_json
+        ),
+    );
+    for mode in [0o644, 0o640, 0o660, 0o604] {
+        std::fs::set_permissions(&files.svid_key, std::fs::Permissions::from_mode(mode)).unwrap();
+        let (status, stderr) = up_refused(&sandbox, &rc3);
+        let key = files.svid_key.display().to_string();
+        assert!(!status.success(), "mode {mode:o}: started");
+        for needle in [
+            key.clone(),
+            format!("mode {mode:04o}"),
+            format!("chmod 600 {key}"),
+        ] {
+            assert!(
+                stderr.contains(&needle),
+                "mode {mode:o}: {needle:?} not in:\n{stderr}"
+            );
+        }
+    }
+
+    // rc.2: a FIFO in place of the device key is refused without blocking on it.
+    std::fs::remove_file(&files.rc2_client_key).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&files.rc2_client_key)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let rc2 = wfm_config(
+        url,
+        &format!(
+            "profile = \"rc2\"\nclient-cert = {:?}\nclient-key = {:?}\nroot-ca = {:?}",
+            files.rc2_client_cert, files.rc2_client_key, files.root_ca_pem
+        ),
+    );
+    let start = Instant::now();
+    let (status, stderr) = up_refused(&sandbox, &rc2);
+    assert!(!status.success());
+    assert!(
+        stderr.contains(&format!(
+            "client key {} is not a regular file",
+            files.rc2_client_key.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn rc2_client_id_is_stored_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let sandbox = Sandbox::new();
+    let pki = Pki::new("example.org", "wfm-1", "edge-01");
+    let files = pki.write_client_files(&sandbox.path().join("pki"));
+    let mock = MockWfm::start_with(
+        Profile::Rc2,
+        &pki,
+        MockOptions {
+            rc2_allow_custom: true,
+            ..Default::default()
+        },
+    );
+    let config = wfm_config(
+        &mock.base_url(),
+        &format!(
+            "profile = \"rc2\"\nclient-cert = {:?}\nclient-key = {:?}\nroot-ca = {:?}",
+            files.rc2_client_cert, files.rc2_client_key, files.root_ca_pem
+        ),
+    );
+    let gate = sandbox.up(&config);
+    let id_file = sandbox.state().join("wfm/client-id");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !id_file.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no client-id after onboarding{}",
+            gate.diagnostics()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mode = std::fs::metadata(&id_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "client-id is {mode:o}");
+}

@@ -58,7 +58,7 @@ impl Identity {
         let cert = dir.join(format!("{stem}.pem"));
         let key = dir.join(format!("{stem}.key"));
         write_atomic(&cert, self.chain_pem.as_bytes());
-        write_atomic(&key, self.key_pem.as_bytes());
+        write_private_atomic(&key, self.key_pem.as_bytes());
         (cert, key)
     }
 }
@@ -215,7 +215,7 @@ impl Pki {
             self.trust_bundle_json(1, 300).as_bytes(),
         );
         write_atomic(&files.rc2_client_cert, self.rc2_client.chain_pem.as_bytes());
-        write_atomic(&files.rc2_client_key, self.rc2_client.key_pem.as_bytes());
+        write_private_atomic(&files.rc2_client_key, self.rc2_client.key_pem.as_bytes());
         write_atomic(&files.root_ca_pem, self.root_pem().as_bytes());
         files
     }
@@ -505,10 +505,21 @@ pub fn check_svid_leaf(der: &[u8]) -> Result<String, String> {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) {
+    write_atomic_mode(path, bytes, 0o644);
+}
+
+/// Private keys as a provisioning agent leaves them: 0600 (the host refuses wider).
+fn write_private_atomic(path: &Path, bytes: &[u8]) {
+    write_atomic_mode(path, bytes, 0o600);
+}
+
+fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
     let tmp = path.with_extension(format!(
         "{}.tmp",
         path.extension().and_then(|e| e.to_str()).unwrap_or("")
     ));
     std::fs::write(&tmp, bytes).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).unwrap();
     std::fs::rename(&tmp, path).unwrap();
 }
