@@ -359,6 +359,14 @@ fn hostile_wfm_certificates_are_refused_and_the_previous_state_serves() {
     s.genuine
         .set_deployments(&[(HELLO_ID, hello_yaml("Genuine again"))]);
     s.gate.wait_for("/hello", 200, "Genuine again");
+    // Nothing of our private key reaches the log or `/status`.
+    let key_pem = s.pki.client_svid().key_pem;
+    let key_line = key_pem.lines().nth(1).unwrap();
+    let (_, status) = s.gate.admin_get("/status");
+    assert!(
+        !s.gate.diagnostics().contains(key_line) && !status.contains(key_line),
+        "the SVID key leaked into the log or /status"
+    );
     // The relay's address is the authority the host sends; anything else is a defect.
     let violations: Vec<String> = s
         .genuine
