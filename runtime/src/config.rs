@@ -48,6 +48,10 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Admin listener (`/healthz`, `/status`, `/metrics`); off when absent.
     pub admin: Option<SocketAddr>,
+    /// Host names the admin listener answers to besides IP literals and `localhost`
+    /// (a DNS-rebinding page arrives with its own name in `Host` and is refused).
+    #[serde(default)]
+    pub admin_hosts: Vec<String>,
     /// Largest request body handed to a guest; a larger declared `content-length` is
     /// answered 413 before routing.
     #[serde(default = "default_max_body")]
@@ -73,6 +77,7 @@ impl Default for HttpConfig {
         Self {
             listen: default_listen(),
             admin: None,
+            admin_hosts: Vec::new(),
             max_request_body: default_max_body(),
             header_timeout: None,
             idle_timeout: None,
@@ -129,6 +134,11 @@ impl HttpConfig {
             .is_some_and(|b| !(1 << 10..=1 << 20).contains(&b.0))
         {
             return invalid("max-header-size: expected 1Ki to 1Mi");
+        }
+        if let Some(bad) = self.admin_hosts.iter().find(|h| !is_dns_name(h)) {
+            return invalid(&format!(
+                "admin-hosts: {bad:?} is not a DNS name (letters, digits, '-' and '.', no port, no wildcard)"
+            ));
         }
         Ok(())
     }
@@ -217,6 +227,22 @@ fn check_capability_entries(
         }
     }
     Ok(())
+}
+
+/// A host name as `Host` carries it: dot-separated labels of 1 to 63 letters, digits or
+/// `-` (not at either end), 253 characters at most, one trailing dot allowed.
+pub fn is_dns_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 fn default_listen() -> SocketAddr {
@@ -665,6 +691,27 @@ mod tests {
         assert_eq!(config.partitions[0].memory, ByteSize(128 << 20));
         assert_eq!(config.partitions[0].instance_memory(), 128 << 20);
         assert_eq!(config.http.admin.unwrap().port(), 9001);
+    }
+
+    #[test]
+    fn admin_hosts_are_dns_names() {
+        let config =
+            Config::parse("[http]\nadmin-hosts = [\"gw-01.site.example\", \"gw-01.\"]").unwrap();
+        assert_eq!(config.http.admin_hosts, ["gw-01.site.example", "gw-01."]);
+        assert!(Config::parse("").unwrap().http.admin_hosts.is_empty());
+        for bad in [
+            "",
+            "gw:8080",
+            "*.example",
+            "-gw.example",
+            "gw..example",
+            "gw example",
+            "[::1]",
+            &"a".repeat(64),
+        ] {
+            let err = Config::parse(&format!("[http]\nadmin-hosts = [{bad:?}]")).unwrap_err();
+            assert!(err.to_string().contains("admin-hosts"), "{bad:?}: {err}");
+        }
     }
 
     #[test]

@@ -135,6 +135,7 @@ impl Host {
                     partitions: self.partitions.clone(),
                     routes: self.routes.clone(),
                     metrics: self.reconciler.metrics().clone(),
+                    allowed_hosts: self.config.http.admin_hosts.clone(),
                 },
                 limits.admin(),
                 shutdown.clone(),
