@@ -42,10 +42,11 @@ const MIN_SAMPLE: usize = 100;
 const MAX_RATIO: f64 = 2.0;
 /// ... or at most this much above it. With one partition holding one of the two cores,
 /// the other partition's request waits for a scheduler slice now and then: measured
-/// +2 to +4 ms at p99, in debug and release builds alike (release: 0.8 ms idle, 2.4 to
-/// 3.3 ms loaded), whatever the guest threads' nice value. Before guests had their own
-/// threads the same load gave 196 to 323 ms.
-const SCHEDULER_ALLOWANCE: Duration = Duration::from_millis(5);
+/// +2 to +6 ms at p99 (debug build: 2.2 to 7.4 ms idle, 5 to 8.7 ms loaded; release:
+/// 0.8 ms idle, 2.4 to 3.3 ms loaded), whatever the guest threads' nice value. Two
+/// slices of margin; before guests had their own threads the same load gave 196 to
+/// 323 ms.
+const SCHEDULER_ALLOWANCE: Duration = Duration::from_millis(10);
 
 /// The tests of this file run one at a time: a p99 ratio on 2 cores means nothing while
 /// another host of the same test binary trickles 32 bodies next to it.
