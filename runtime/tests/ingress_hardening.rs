@@ -265,11 +265,7 @@ fn accept_errors_from_exhausted_descriptors_back_off_quietly_and_recover() {
 #[test]
 fn bodies_declared_over_the_limit_get_413_every_time() {
     let (_sandbox, gate) = start("max-request-body = \"16Mi\"");
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into();
+    let agent = agent(Duration::from_secs(30));
     let body = vec![b'x'; (16 << 20) + 1];
     let url = gate.url("/hello");
     let outcomes: Vec<String> = (0..20)

@@ -110,17 +110,12 @@ fn start() -> (Sandbox, Wasmgate) {
     (sandbox, gate)
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into()
-}
+/// Every client of this file gives a request up after this long.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Latencies of sequential `/hello` requests on one keep-alive connection, sorted.
 fn sample_hello(gate: &Wasmgate) -> Vec<Duration> {
-    let agent = agent();
+    let agent = agent(CLIENT_TIMEOUT);
     let url = gate.url("/hello");
     let started = Instant::now();
     let mut times = Vec::with_capacity(SAMPLE_REQUESTS);
@@ -229,7 +224,7 @@ fn kv_writers(gate: &Wasmgate) -> impl FnOnce() {
                 shed.clone(),
             );
             std::thread::spawn(move || {
-                let agent = agent();
+                let agent = agent(CLIENT_TIMEOUT);
                 for _ in 0..100 {
                     if stop.load(Ordering::Relaxed) {
                         break;
@@ -356,7 +351,7 @@ fn trickling_bodies_do_not_hold_slots() {
         .collect();
     std::thread::sleep(Duration::from_millis(500));
     // The partition's other routes keep answering while every trickler is connected.
-    let agent = agent();
+    let agent = agent(CLIENT_TIMEOUT);
     let mut answered = 0;
     while started.elapsed() < Duration::from_secs(5) {
         let mut response = agent

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{deployment, Sandbox, Wasmgate};
+use common::{agent, deployment, Sandbox, Wasmgate};
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -290,10 +290,7 @@ fn metrics_after_traffic_pass_promtool_and_cannot_be_forged() {
     }
 
     // OpenMetrics for scrapers that ask for it.
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let agent = agent(Duration::from_secs(30));
     let mut response = agent
         .get(&format!("http://{}/metrics", gate.admin.unwrap()))
         .header("Accept", "application/openmetrics-text; version=1.0.0")

@@ -78,11 +78,7 @@ type Seen = Arc<Mutex<Vec<(u16, String)>>>;
 
 fn hammer(url: String, stop: Arc<AtomicBool>, seen: Seen) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(60)))
-            .build()
-            .into();
+        let agent = agent(Duration::from_secs(60));
         while !stop.load(Ordering::Relaxed) {
             let answer = match agent.get(&url).call() {
                 Ok(mut response) => (
