@@ -341,11 +341,10 @@ fn touch(path: &Path) {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "compiler"))]
 mod tests {
     use super::*;
 
-    #[cfg(feature = "compiler")]
     #[test]
     fn corrupt_entries_are_discarded_and_recompiled() {
         let engine = Engine::new(wasmtime::Config::new().wasm_component_model(true)).unwrap();
@@ -379,5 +378,78 @@ mod tests {
         assert_eq!(entries.len(), 1);
         let (_, outcome) = cache.load_or_compile(&engine, &bytes).unwrap();
         assert_eq!(outcome, AotOutcome::Loaded);
+    }
+}
+
+#[cfg(test)]
+mod shipped_tests {
+    use crate::engine::{PoolSizing, WasmEngine};
+
+    /// The smallest component: the header alone.
+    const COMPONENT: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00];
+
+    fn engine() -> WasmEngine {
+        WasmEngine::on_demand(PoolSizing {
+            instances: 1,
+            max_instance_memory: 16 << 20,
+        })
+        .unwrap()
+    }
+
+    #[cfg(not(feature = "compiler"))]
+    #[test]
+    fn without_a_compiler_an_unknown_component_is_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine();
+        let cache = engine.aot_cache(dir.path());
+        let err = cache.load_component(&engine, &COMPONENT, None).unwrap_err();
+        assert_eq!(err.code(), "wasmgate.precompiled");
+        assert!(err.to_string().contains("wasmgate compile"), "{err}");
+    }
+
+    #[cfg(feature = "compiler")]
+    #[test]
+    fn a_shipped_file_is_verified_used_and_kept_in_the_cache() {
+        use super::*;
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine();
+        let metrics = AotMetrics::default();
+        let cache = engine.aot_cache(dir.path()).with_metrics(metrics.clone());
+        let (_, file) = crate::engine::precompiled::compile(
+            &COMPONENT,
+            None,
+            engine.sizing.max_instance_memory,
+        )
+        .unwrap();
+        let path = Path::new("c.cwasm");
+
+        let mut tampered = file.clone();
+        *tampered.last_mut().unwrap() ^= 1;
+        let shipped = Shipped {
+            path,
+            bytes: &tampered,
+        };
+        let err = cache
+            .load_component(&engine, &COMPONENT, Some(shipped))
+            .unwrap_err();
+        assert_eq!(err.code(), "wasmgate.precompiled");
+        assert!(err.to_string().contains("c.cwasm"), "{err}");
+        assert!(cache.entries().is_empty(), "a refused file is not cached");
+
+        let shipped = Shipped { path, bytes: &file };
+        let (_, outcome) = cache
+            .load_component(&engine, &COMPONENT, Some(shipped))
+            .unwrap();
+        assert_eq!(outcome, AotOutcome::Precompiled);
+        assert_eq!(cache.entries().len(), 1);
+        // Without the file (a restore from the blob store): from the cache, not compiled.
+        let (_, outcome) = cache.load_component(&engine, &COMPONENT, None).unwrap();
+        assert_eq!(outcome, AotOutcome::Loaded);
+        assert_eq!((metrics.hits(), metrics.misses()), (2, 0));
+        // Loading the same file again does not add a second entry.
+        cache
+            .load_component(&engine, &COMPONENT, Some(shipped))
+            .unwrap();
+        assert_eq!(cache.entries().len(), 1);
     }
 }
