@@ -48,6 +48,10 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Admin listener (`/healthz`, `/status`, `/metrics`); off when absent.
     pub admin: Option<SocketAddr>,
+    /// Host names the admin listener answers to besides IP literals and `localhost`
+    /// (a DNS-rebinding page arrives with its own name in `Host` and is refused).
+    #[serde(default)]
+    pub admin_hosts: Vec<String>,
     /// Largest request body handed to a guest; a larger declared `content-length` is
     /// answered 413 before routing.
     #[serde(default = "default_max_body")]
@@ -73,6 +77,7 @@ impl Default for HttpConfig {
         Self {
             listen: default_listen(),
             admin: None,
+            admin_hosts: Vec::new(),
             max_request_body: default_max_body(),
             header_timeout: None,
             idle_timeout: None,
@@ -130,8 +135,114 @@ impl HttpConfig {
         {
             return invalid("max-header-size: expected 1Ki to 1Mi");
         }
+        if let Some(bad) = self.admin_hosts.iter().find(|h| !is_dns_name(h)) {
+            return invalid(&format!(
+                "admin-hosts: {bad:?} is not a DNS name (letters, digits, '-' and '.', no port, no wildcard)"
+            ));
+        }
         Ok(())
     }
+}
+
+/// The shape Margo rc.3 gives one capability entry: its `type` enum and the other keys
+/// it allows. Anything else would make a strict WFM refuse the whole capabilities
+/// document, so it is refused here, where the operator sees which entry is wrong.
+struct EntrySchema {
+    types: &'static [&'static str],
+    other_keys: &'static [&'static str],
+}
+
+const INTERFACE_SCHEMA: EntrySchema = EntrySchema {
+    types: &[
+        "ethernet",
+        "wifi",
+        "cellular",
+        "bluetooth",
+        "usb",
+        "canbus",
+        "rs232",
+    ],
+    other_keys: &[],
+};
+
+const PERIPHERAL_SCHEMA: EntrySchema = EntrySchema {
+    types: &["gpu", "display", "camera", "microphone", "speaker"],
+    other_keys: &["manufacturer", "model"],
+};
+
+fn check_capability_entries(
+    at: &str,
+    key: &str,
+    entries: &[serde_json::Value],
+    schema: &EntrySchema,
+) -> Result<(), String> {
+    for (i, entry) in entries.iter().enumerate() {
+        let here = format!("{at} {key}[{i}]");
+        let Some(fields) = entry.as_object() else {
+            return Err(format!(
+                "{here}: expected a table such as {{ type = \"{}\" }}",
+                schema.types[0]
+            ));
+        };
+        match fields.get("type").and_then(|t| t.as_str()) {
+            Some(t) if schema.types.contains(&t) => {}
+            Some(t) => {
+                return Err(format!(
+                    "{here} type = {t:?}: expected one of {}",
+                    schema.types.join(", ")
+                ))
+            }
+            None => {
+                return Err(format!(
+                    "{here}: missing `type` (a string: one of {})",
+                    schema.types.join(", ")
+                ))
+            }
+        }
+        for (name, value) in fields {
+            if name == "type" {
+                continue;
+            }
+            if !schema.other_keys.contains(&name.as_str()) {
+                let allowed = if schema.other_keys.is_empty() {
+                    "only `type`".to_owned()
+                } else {
+                    format!(
+                        "`type`, {}",
+                        schema
+                            .other_keys
+                            .iter()
+                            .map(|k| format!("`{k}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                };
+                return Err(format!(
+                    "{here}: unknown key `{name}` (Margo allows {allowed})"
+                ));
+            }
+            if !value.is_string() {
+                return Err(format!("{here} {name}: expected a string"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A host name as `Host` carries it: dot-separated labels of 1 to 63 letters, digits or
+/// `-` (not at either end), 253 characters at most, one trailing dot allowed.
+pub fn is_dns_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 fn default_listen() -> SocketAddr {
@@ -434,6 +545,11 @@ impl Config {
             if !seen.insert(p.id.as_str()) {
                 return invalid(format!("{at} id: duplicate partition id"));
             }
+            check_capability_entries(&at, "interfaces", &p.interfaces, &INTERFACE_SCHEMA)
+                .and_then(|()| {
+                    check_capability_entries(&at, "peripherals", &p.peripherals, &PERIPHERAL_SCHEMA)
+                })
+                .or_else(invalid)?;
             if !(p.cpu.is_finite() && p.cpu > 0.0 && p.cpu <= 1024.0) {
                 return invalid(format!(
                     "{at} cpu = {}: expected a number of cores > 0, e.g. 0.5",
@@ -578,12 +694,75 @@ mod tests {
     }
 
     #[test]
+    fn admin_hosts_are_dns_names() {
+        let config =
+            Config::parse("[http]\nadmin-hosts = [\"gw-01.site.example\", \"gw-01.\"]").unwrap();
+        assert_eq!(config.http.admin_hosts, ["gw-01.site.example", "gw-01."]);
+        assert!(Config::parse("").unwrap().http.admin_hosts.is_empty());
+        for bad in [
+            "",
+            "gw:8080",
+            "*.example",
+            "-gw.example",
+            "gw..example",
+            "gw example",
+            "[::1]",
+            &"a".repeat(64),
+        ] {
+            let err = Config::parse(&format!("[http]\nadmin-hosts = [{bad:?}]")).unwrap_err();
+            assert!(err.to_string().contains("admin-hosts"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
     fn empty_config_gets_default_partition() {
         let config = Config::parse("").unwrap();
         assert_eq!(config.partitions.len(), 1);
         assert_eq!(config.partitions[0].id, "default");
         assert!(config.partitions[0].cpu >= 1.0);
         assert!(config.partitions[0].memory.0 <= 1 << 30);
+    }
+
+    #[test]
+    fn capability_entries_follow_the_margo_schema() {
+        let with = |entries: &str| {
+            Config::parse(&format!(
+                "[[partition]]\nid = \"a\"\ncpu = 1\nmemory = \"64Mi\"\nstorage = \"1Mi\"\n{entries}"
+            ))
+        };
+        with("interfaces = [{ type = \"ethernet\" }, { type = \"canbus\" }]\nperipherals = [{ type = \"camera\", manufacturer = \"Acme\", model = \"X1\" }]")
+            .unwrap();
+        for (entries, expected) in [
+            (
+                "interfaces = [{ type = \"serial\" }]",
+                "interfaces[0] type = \"serial\": expected one of ethernet",
+            ),
+            (
+                "interfaces = [{ kind = \"wifi\" }]",
+                "interfaces[0]: missing `type`",
+            ),
+            ("interfaces = [\"wifi\"]", "interfaces[0]: expected a table"),
+            (
+                "interfaces = [{ type = \"wifi\", model = \"x\" }]",
+                "unknown key `model` (Margo allows only `type`)",
+            ),
+            (
+                "peripherals = [{ type = \"gpu\" }, { type = \"lidar\" }]",
+                "peripherals[1] type = \"lidar\"",
+            ),
+            (
+                "peripherals = [{ type = \"gpu\", vram = 8 }]",
+                "unknown key `vram`",
+            ),
+            (
+                "peripherals = [{ type = \"gpu\", model = 8 }]",
+                "peripherals[0] model: expected a string",
+            ),
+        ] {
+            let err = with(entries).unwrap_err().to_string();
+            assert!(err.contains(expected), "{entries}: {err}");
+            assert!(err.contains("[[partition]] #1"), "{err}");
+        }
     }
 
     #[test]

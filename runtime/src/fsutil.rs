@@ -41,6 +41,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.commit()
 }
 
+/// [`write_atomic`] for content other local users must not see: the file is created
+/// 0600, never briefly wider, and keeps that mode under its final name.
+pub fn write_atomic_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut file = AtomicFile::create_with_mode(path, 0o600)?;
+    file.write_all(bytes)?;
+    file.commit()
+}
+
 /// A file being written in place of `target`: invisible under its final name until
 /// [`AtomicFile::commit`]; dropped uncommitted, it leaves nothing behind.
 pub struct AtomicFile {
@@ -52,13 +60,25 @@ pub struct AtomicFile {
 impl AtomicFile {
     /// Starts writing; the parent directory must exist.
     pub fn create(target: &Path) -> std::io::Result<Self> {
+        Self::create_with_mode(target, 0o666)
+    }
+
+    /// [`AtomicFile::create`] with the permission bits the file is created with (the
+    /// umask still applies).
+    pub fn create_with_mode(target: &Path, mode: u32) -> std::io::Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt as _;
         let dir = target.parent().unwrap_or_else(|| Path::new("."));
         let name = target
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let tmp = temp_path(dir, &name);
-        let file = std::fs::File::create(&tmp)?;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
         Ok(Self {
             file: Some(file),
             tmp,

@@ -140,6 +140,7 @@ impl Host {
                     partitions: self.partitions.clone(),
                     routes: self.routes.clone(),
                     metrics: self.reconciler.metrics().clone(),
+                    allowed_hosts: self.config.http.admin_hosts.clone(),
                 },
                 limits.admin(),
                 shutdown.clone(),
@@ -263,6 +264,8 @@ fn announce(
             *announced = lines;
         }
     }
+    // The first announcement follows the first pass over the desired state on disk.
+    crate::service::ready(&format!("serving on http://{addr}"));
 }
 
 /// Exit status when a graceful shutdown overran its bound.
@@ -319,6 +322,7 @@ async fn handle_signals(mut signals: Signals, shutdown: ingress::Shutdown, bound
         bound.as_secs_f64()
     );
     shutdown.trigger();
+    crate::service::stopping();
     // A thread, not a task: the bound holds even if every async worker is stuck.
     let watchdog = std::thread::Builder::new()
         .name("shutdown-bound".into())

@@ -12,6 +12,7 @@ pub mod host;
 pub mod ingress;
 pub mod margo;
 pub mod sandbox;
+pub mod service;
 pub mod telemetry;
 pub mod units;
 pub mod workload;

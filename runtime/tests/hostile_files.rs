@@ -50,15 +50,6 @@ fn installed(status: &serde_json::Value, file: &str) -> bool {
     state_of(status, file).is_some_and(|d| d["state"] == "installed")
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status")
-}
-
 /// Waits for `check`, failing when it takes longer than [`PROMPT`].
 fn promptly(
     gate: &Wasmgate,

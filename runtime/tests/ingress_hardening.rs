@@ -53,15 +53,6 @@ fn connect_to(addr: std::net::SocketAddr) -> TcpStream {
     TcpStream::connect(addr).expect("connect to the ingress")
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status")
-}
-
 fn stderr_lines_with(gate: &Wasmgate, needle: &str) -> usize {
     gate.stderr
         .lock()
@@ -200,19 +191,10 @@ fn memory_returns_near_baseline_after_a_thousand_big_half_sent_heads() {
     }
     let pid = gate.pid();
     let baseline = rss_kib(pid);
-    let pad = vec![b'a'; 30 << 10];
     let mut peaks = Vec::new();
     let mut afters = Vec::new();
     for _round in 0..2 {
-        let conns: Vec<TcpStream> = (0..1200)
-            .map(|_| {
-                let mut s = connect(&gate);
-                s.write_all(b"GET /hello HTTP/1.1\r\nHost: edge\r\nX-Pad: ")
-                    .unwrap();
-                s.write_all(&pad).unwrap();
-                s
-            })
-            .collect();
+        let conns = half_sent_heads(gate.addr, 1200, 30 << 10);
         std::thread::sleep(Duration::from_secs(1));
         peaks.push(rss_kib(pid));
         drop(conns);

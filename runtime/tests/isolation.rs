@@ -134,11 +134,6 @@ fn sample_hello(gate: &Wasmgate) -> Vec<Duration> {
     times
 }
 
-fn p99(sorted: &[Duration]) -> Duration {
-    let rank = (sorted.len() * 99).div_ceil(100).max(1);
-    sorted[rank - 1]
-}
-
 /// What one phase measured.
 struct Ratio {
     phase: String,

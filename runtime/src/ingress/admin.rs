@@ -21,6 +21,39 @@ pub struct AdminState {
     pub partitions: Vec<Arc<Partition>>,
     pub routes: SharedRoutes,
     pub metrics: Arc<Metrics>,
+    /// `[http] admin-hosts`: names accepted in `Host` besides IP literals and `localhost`.
+    pub allowed_hosts: Vec<String>,
+}
+
+/// Whether a request's authority (`Host`, or the authority of an absolute-form target)
+/// may reach the admin endpoints. They are unauthenticated, so a web page whose name
+/// an attacker re-points at this device (DNS rebinding) must not read them: such a
+/// request carries the attacker's name. IP literals and `localhost` cannot be
+/// re-pointed by DNS; other names only when the operator listed them. A request
+/// without any authority is not from a browser and passes.
+fn host_allowed(authority: Option<&str>, allowed: &[String]) -> bool {
+    let Some(authority) = authority else {
+        return true;
+    };
+    let host = match authority.parse::<hyper::http::uri::Authority>() {
+        Ok(a) => a.host().to_owned(),
+        Err(_) => return false,
+    };
+    if host.starts_with('[') {
+        return host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::Ipv6Addr>()
+            .is_ok();
+    }
+    if host.parse::<std::net::Ipv4Addr>().is_ok() {
+        return true;
+    }
+    let name = host.strip_suffix('.').unwrap_or(&host);
+    name.eq_ignore_ascii_case("localhost")
+        || allowed
+            .iter()
+            .any(|a| a.strip_suffix('.').unwrap_or(a).eq_ignore_ascii_case(name))
 }
 
 fn respond(status: u16, content_type: &str, body: String) -> hyper::Response<ResponseBody> {
@@ -116,6 +149,18 @@ impl AdminState {
         self: Arc<Self>,
         req: hyper::Request<hyper::body::Incoming>,
     ) -> hyper::Response<ResponseBody> {
+        let authority = req.uri().authority().map(|a| a.as_str()).or_else(|| {
+            req.headers()
+                .get(hyper::header::HOST)
+                .map(|h| h.to_str().unwrap_or("\u{fffd}"))
+        });
+        if !host_allowed(authority, &self.allowed_hosts) {
+            return error_response(
+                421,
+                "admin listener: the Host of this request is not an IP address, localhost or a name in [http] admin-hosts",
+                false,
+            );
+        }
         match req.uri().path() {
             "/healthz" => self.healthz(),
             "/status" => self.status_json(),
@@ -140,6 +185,14 @@ pub async fn serve_admin(
     limits: ConnectionLimits,
     shutdown: Shutdown,
 ) {
+    if let Ok(addr) = listener.local_addr() {
+        if !addr.ip().is_loopback() {
+            tracing::warn!(
+                %addr,
+                "security: the admin listener is unauthenticated and binds a non-loopback address; /status and /metrics are readable by anyone who reaches it (bind 127.0.0.1, or firewall it)"
+            );
+        }
+    }
     let state = Arc::new(state);
     serve_with(
         "admin",
@@ -152,4 +205,44 @@ pub async fn serve_admin(
         },
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_allowed;
+
+    #[test]
+    fn host_header_check() {
+        let listed = vec!["gw-01.site.example".to_owned()];
+        for ok in [
+            None,
+            Some("127.0.0.1:9001"),
+            Some("127.0.0.1"),
+            Some("10.1.2.3:80"),
+            Some("[::1]:9001"),
+            Some("[fe80::1]"),
+            Some("localhost"),
+            Some("LocalHost:9001"),
+            Some("localhost.:9001"),
+            Some("gw-01.site.example:9001"),
+            Some("GW-01.site.example."),
+        ] {
+            assert!(host_allowed(ok, &listed), "{ok:?} refused");
+        }
+        for bad in [
+            Some("evil.example"),
+            Some("evil.example:9001"),
+            Some("localhost.evil.example"),
+            Some("evil.localhost"),
+            Some("127.0.0.1.evil.example"),
+            Some("gw-01.site.example.evil"),
+            Some("[not-an-ip]:80"),
+            Some(""),
+            Some("a b"),
+            Some("\u{fffd}"),
+        ] {
+            assert!(!host_allowed(bad, &listed), "{bad:?} allowed");
+        }
+        assert!(!host_allowed(Some("gw-01.site.example"), &[]));
+    }
 }

@@ -132,6 +132,8 @@ pub struct WfmClient {
     transport: Option<Transport>,
     config: Config,
     identity: DeviceIdentity,
+    /// deviceId -> capabilities document, host first; built once, the config is fixed.
+    documents: Vec<(String, Value)>,
     state: SyncState,
     outbox: Outbox,
     events: UnboundedReceiver<DeploymentStatus>,
@@ -184,8 +186,11 @@ impl WfmClient {
                 "Margo requires hosting devices to report otelCollector: true; set [device] otel-collector = true once an OpenTelemetry collector runs on this device (a strict WFM refuses the capabilities otherwise)"
             );
         }
+        let identity = DeviceIdentity::from_config(&config);
+        let documents = capabilities::documents(&config, &identity, settings.profile);
         Ok(Self {
-            identity: DeviceIdentity::from_config(&config),
+            identity,
+            documents,
             applying: state.accepted.manifest_version,
             settings,
             transport,
@@ -353,8 +358,8 @@ impl WfmClient {
             Some(err) => self.last_error = Some(err.to_string()),
         }
         let now = Instant::now();
-        let docs = capabilities::documents(&self.config, &self.identity, self.settings.profile);
-        let targets = docs
+        let targets = self
+            .documents
             .iter()
             .map(|(device, doc)| match self.refused_reports.get(device) {
                 Some(r) => CapabilityReport {
@@ -562,7 +567,7 @@ impl WfmClient {
     /// with back-off, or at once when it changes. Only a refusal of who we are
     /// (authentication, authorisation) or an unreachable WFM ends the cycle.
     async fn report_capabilities(&mut self) -> Result<(), CycleError> {
-        let docs = capabilities::documents(&self.config, &self.identity, self.settings.profile);
+        let docs = self.documents.clone();
         let parent = docs[0].clone();
         let now = Instant::now();
         for (device, doc) in &docs {

@@ -27,6 +27,14 @@ pub enum TlsError {
         path: String,
         expected: &'static str,
     },
+    #[error("{what} {path} is not a regular file; give the key as a file only its owner can read")]
+    KeyNotRegular { what: &'static str, path: String },
+    #[error("{what} {path} has mode {mode:04o}: group or others may read or write it; run `chmod 600 {path}`")]
+    KeyPermissions {
+        what: &'static str,
+        path: String,
+        mode: u32,
+    },
     #[error("our SVID {path}: {message}")]
     OwnSvid { path: String, message: String },
     #[error("trust bundle: {0}")]
@@ -60,7 +68,37 @@ pub fn read_certs(
     Ok(certs)
 }
 
+/// Refuses a private key that is not a regular file (a FIFO would block the read, a
+/// device has no end) or that another local user may read or replace (mode & 0o077).
+/// A symlink is followed: what is checked is the file that will be read, so keys placed
+/// by an agent through links (e.g. Kubernetes secret volumes) are judged by their target.
+pub fn check_key_file(what: &'static str, path: &Path) -> Result<(), TlsError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = std::fs::metadata(path).map_err(|e| TlsError::Read {
+        what,
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    if !meta.file_type().is_file() {
+        return Err(TlsError::KeyNotRegular {
+            what,
+            path: path.display().to_string(),
+        });
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(TlsError::KeyPermissions {
+            what,
+            path: path.display().to_string(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+/// Reads a PEM private key after [`check_key_file`].
 pub fn read_key(what: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    check_key_file(what, path)?;
     PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::Read {
         what,
         path: path.display().to_string(),
@@ -166,6 +204,31 @@ impl TrustAnchors {
     }
 }
 
+/// X.509-SVID §4.3: a leaf's key signs (`digitalSignature`, which the TLS 1.3
+/// CertificateVerify needs) and never certifies. webpki checks the extended key usage
+/// but not this, so a certificate whose issuer restricted the key would pass otherwise.
+fn svid_key_usage(cert: &x509_parser::certificate::X509Certificate<'_>) -> Result<(), String> {
+    let usage = cert
+        .key_usage()
+        .map_err(|e| format!("unreadable key usage extension: {e}"))?;
+    let Some(usage) = usage else {
+        return Ok(());
+    };
+    if !usage.value.digital_signature() {
+        return Err(format!(
+            "key usage {} lacks digitalSignature, so the key may not sign the TLS handshake",
+            usage.value
+        ));
+    }
+    if usage.value.key_cert_sign() || usage.value.crl_sign() {
+        return Err(format!(
+            "key usage {} allows certificate or CRL signing, which an SVID leaf must not",
+            usage.value
+        ));
+    }
+    Ok(())
+}
+
 /// Verifies the WFM's SVID: chain to the trust bundle (server-auth usage), exactly one
 /// `spiffe://` URI SAN equal to the expected WFM ID, leaf not a CA.
 #[derive(Debug)]
@@ -238,6 +301,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
                 "WFM certificate is a CA certificate, not an SVID".into(),
             ));
         }
+        svid_key_usage(&parsed).map_err(|e| bad_cert(format!("WFM certificate: {e}")))?;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -385,6 +449,65 @@ mod tests {
         ] {
             assert!(ClientIdentity::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    fn leaf_with(usages: Vec<rcgen::KeyUsagePurpose>) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.key_usages = usages;
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn svid_leaf_key_usage() {
+        use rcgen::KeyUsagePurpose::*;
+        let check = |usages| {
+            let der = leaf_with(usages);
+            let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+            svid_key_usage(&cert)
+        };
+        assert!(check(vec![DigitalSignature]).is_ok());
+        assert!(check(vec![DigitalSignature, KeyEncipherment]).is_ok());
+        assert!(check(vec![]).is_ok(), "no extension: no restriction");
+        let err = check(vec![KeyEncipherment]).unwrap_err();
+        assert!(err.contains("digitalSignature"), "{err}");
+        assert!(check(vec![DigitalSignature, KeyCertSign]).is_err());
+        assert!(check(vec![DigitalSignature, CrlSign]).is_err());
+    }
+
+    #[test]
+    fn key_files_must_be_private_regular_files() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("svid.key");
+        std::fs::write(&key, b"-----BEGIN PRIVATE KEY-----\n").unwrap();
+        for (mode, ok) in [
+            (0o600, true),
+            (0o400, true),
+            (0o640, false),
+            (0o644, false),
+            (0o602, false),
+        ] {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+            let result = check_key_file("SVID key", &key);
+            assert_eq!(result.is_ok(), ok, "mode {mode:o}: {result:?}");
+            if let Err(err) = result {
+                let text = err.to_string();
+                let path = key.display().to_string();
+                assert!(text.contains(&path), "{text}");
+                assert!(text.contains(&format!("{mode:04o}")), "{text}");
+                assert!(text.contains(&format!("chmod 600 {path}")), "{text}");
+            }
+        }
+        // A link to a private file is judged by that file.
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let link = dir.path().join("link.key");
+        std::os::unix::fs::symlink(&key, &link).unwrap();
+        assert!(check_key_file("SVID key", &link).is_ok());
+        // Not regular: a directory (a FIFO is refused the same way, see hostile_tls).
+        let err = check_key_file("SVID key", dir.path()).unwrap_err();
+        assert!(matches!(err, TlsError::KeyNotRegular { .. }), "{err}");
+        assert!(check_key_file("SVID key", &dir.path().join("missing")).is_err());
     }
 
     #[test]

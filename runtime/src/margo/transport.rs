@@ -405,6 +405,7 @@ impl Rc2 {
     ) -> Result<Self, TransportError> {
         let cert_path = settings.client_cert.clone().expect("validated");
         let key_path = settings.client_key.clone().expect("validated");
+        tls::check_key_file("client key", &key_path)?;
         let cert_pem = std::fs::read_to_string(&cert_path).map_err(|e| TlsError::Read {
             what: "client certificate",
             path: cert_path.display().to_string(),
@@ -458,7 +459,7 @@ impl Rc2 {
                         TransportError::Onboarding("reply has no URL-safe clientId".into())
                     })?
                     .to_owned();
-                crate::fsutil::write_atomic(&id_file, id.as_bytes()).map_err(state_err)?;
+                crate::fsutil::write_atomic_private(&id_file, id.as_bytes()).map_err(state_err)?;
                 tracing::info!(client_id = %id, "onboarded with the WFM");
                 id
             }

@@ -7,6 +7,7 @@ mod body;
 mod event;
 mod http;
 mod outbound;
+mod output;
 mod state;
 
 pub use body::{
@@ -128,6 +129,8 @@ pub struct Workload {
     event: Option<EventExport>,
     /// Taken once when the workload is built, so a request records without a lookup.
     pub metrics: WorkloadMetrics,
+    /// Shared by every instance: the fields of its log events and its line budget.
+    log: Arc<LogContext>,
 }
 
 impl std::fmt::Debug for Workload {
@@ -196,12 +199,18 @@ impl Workload {
         } else {
             None
         };
+        let log = Arc::new(LogContext::new(
+            &spec.deployment_name,
+            &spec.component,
+            &spec.partition.device_id,
+        ));
         Ok(Self {
             spec,
             pre,
             http,
             event,
             metrics: WorkloadMetrics::detached(),
+            log,
         })
     }
 
@@ -225,6 +234,8 @@ impl Workload {
     pub fn new_store(&self) -> Result<Store<InstanceState>, InvocationError> {
         let spec = &self.spec;
         let mut wasi = WasiCtxBuilder::new();
+        wasi.stdout(output::GuestOutput::stdout(self.log.clone()))
+            .stderr(output::GuestOutput::stderr(self.log.clone()));
         if spec.data_dir {
             let dir = spec
                 .partition
@@ -246,11 +257,7 @@ impl Workload {
             wasmgate: WasmgateCtx {
                 config: spec.config.clone(),
                 kv: Some(spec.partition.kv.scope(&spec.deployment_id)),
-                log: Arc::new(LogContext::new(
-                    &spec.deployment_name,
-                    &spec.component,
-                    &spec.partition.device_id,
-                )),
+                log: self.log.clone(),
             },
             limiter: crate::sandbox::InstanceLimiter::new(
                 spec.memory_limit,

@@ -7,8 +7,8 @@ pub mod pki;
 pub mod registry;
 pub mod wfm;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
@@ -16,6 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_wasmgate");
+
+/// `WASMGATE_LOG` of the binary under test unless a test asks for another filter.
+const DEFAULT_LOG: &str = "info,cranelift=warn,wasmtime=warn";
 
 /// A scratch area: config, deployments folder and state directory.
 pub struct Sandbox {
@@ -65,8 +68,17 @@ impl Sandbox {
 
     /// [`Sandbox::up`] with a prepared command for the binary (e.g. resource limits).
     pub fn up_with(&self, command: Command, config_toml: &str) -> Wasmgate {
+        self.up_spawn(command, config_toml, DEFAULT_LOG)
+    }
+
+    /// [`Sandbox::up`] with `filter` as `WASMGATE_LOG` (see [`Wasmgate::spawn_logging`]).
+    pub fn up_logging(&self, config_toml: &str, filter: &str) -> Wasmgate {
+        self.up_spawn(Command::new(BIN), config_toml, filter)
+    }
+
+    fn up_spawn(&self, command: Command, config_toml: &str, filter: &str) -> Wasmgate {
         let config = self.config(config_toml);
-        Wasmgate::spawn(
+        Wasmgate::spawn_logging(
             command,
             &[
                 "up",
@@ -81,6 +93,7 @@ impl Sandbox {
                 "--admin",
                 "127.0.0.1:0",
             ],
+            filter,
         )
     }
 }
@@ -141,10 +154,16 @@ impl Wasmgate {
     }
 
     /// Starts `command` (the binary, prepared by the caller) with `args`.
-    pub fn spawn(mut command: Command, args: &[&str]) -> Self {
+    pub fn spawn(command: Command, args: &[&str]) -> Self {
+        Self::spawn_logging(command, args, DEFAULT_LOG)
+    }
+
+    /// [`Wasmgate::spawn`] with `filter` as `WASMGATE_LOG`: long runs keep every log line
+    /// in this process, so they log less than the per-request `info` lines.
+    pub fn spawn_logging(mut command: Command, args: &[&str], filter: &str) -> Self {
         let mut child = command
             .args(args)
-            .env("WASMGATE_LOG", "info,cranelift=warn,wasmtime=warn")
+            .env("WASMGATE_LOG", filter)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -379,4 +398,51 @@ fn clock_ticks_per_second() -> f64 {
         .trim()
         .parse()
         .unwrap_or(100.0)
+}
+
+/// Resident memory of process `pid` in KiB (`VmRSS` of `/proc/PID/status`).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+/// File descriptors process `pid` has open.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// `count` connections to `addr`, each having sent a request head cut off inside a
+/// header value after `pad` bytes of it: the server must buffer what it got and wait.
+pub fn half_sent_heads(addr: SocketAddr, count: usize, pad: usize) -> Vec<TcpStream> {
+    let pad = vec![b'a'; pad];
+    (0..count)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).expect("connect to the ingress");
+            s.write_all(b"GET /hello HTTP/1.1\r\nHost: edge\r\nX-Pad: ")
+                .unwrap();
+            s.write_all(&pad).unwrap();
+            s
+        })
+        .collect()
+}
+
+/// A client that hands every status back instead of failing on 4xx/5xx.
+pub fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout))
+        .build()
+        .into()
+}
+
+/// The 99th percentile of `sorted` (nearest rank).
+pub fn p99<T: Copy>(sorted: &[T]) -> T {
+    let rank = (sorted.len() * 99).div_ceil(100).max(1);
+    sorted[rank - 1]
 }

@@ -58,7 +58,7 @@ impl Identity {
         let cert = dir.join(format!("{stem}.pem"));
         let key = dir.join(format!("{stem}.key"));
         write_atomic(&cert, self.chain_pem.as_bytes());
-        write_atomic(&key, self.key_pem.as_bytes());
+        write_private_atomic(&key, self.key_pem.as_bytes());
         (cert, key)
     }
 }
@@ -215,7 +215,7 @@ impl Pki {
             self.trust_bundle_json(1, 300).as_bytes(),
         );
         write_atomic(&files.rc2_client_cert, self.rc2_client.chain_pem.as_bytes());
-        write_atomic(&files.rc2_client_key, self.rc2_client.key_pem.as_bytes());
+        write_private_atomic(&files.rc2_client_key, self.rc2_client.key_pem.as_bytes());
         write_atomic(&files.root_ca_pem, self.root_pem().as_bytes());
         files
     }
@@ -264,19 +264,57 @@ impl Pki {
         other.client_svid()
     }
 
+    /// A WFM server SVID with the right SPIFFE ID and chain but a defect of `shape`
+    /// (validity window, key usage or extended key usage), for hostile-peer tests.
+    pub fn wfm_svid_shaped(&self, shape: LeafShape) -> Identity {
+        let id = self.wfm_spiffe_id();
+        self.issue_leaf_shaped(
+            "wfm",
+            vec![
+                SanType::URI(id.as_str().try_into().unwrap()),
+                SanType::DnsName("localhost".try_into().unwrap()),
+                SanType::IpAddress([127, 0, 0, 1].into()),
+            ],
+            LeafKind::Server,
+            shape,
+        )
+    }
+
     fn issue_leaf(&self, cn: &str, sans: Vec<SanType>, kind: LeafKind) -> Identity {
+        self.issue_leaf_shaped(cn, sans, kind, LeafShape::Valid)
+    }
+
+    fn issue_leaf_shaped(
+        &self,
+        cn: &str,
+        sans: Vec<SanType>,
+        kind: LeafKind,
+        shape: LeafShape,
+    ) -> Identity {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::default();
         params.distinguished_name = dn(cn, &self.trust_domain);
         params.serial_number = Some(random_serial());
         let now = time::OffsetDateTime::now_utc();
-        params.not_before = now - time::Duration::hours(1);
-        params.not_after = now + time::Duration::days(7);
+        (params.not_before, params.not_after) = match shape {
+            LeafShape::Expired => (now - time::Duration::days(8), now - time::Duration::days(1)),
+            LeafShape::NotYetValid => {
+                (now + time::Duration::days(1), now + time::Duration::days(8))
+            }
+            _ => (
+                now - time::Duration::hours(1),
+                now + time::Duration::days(7),
+            ),
+        };
         params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![match kind {
-            LeafKind::Server => ExtendedKeyUsagePurpose::ServerAuth,
-            LeafKind::Client => ExtendedKeyUsagePurpose::ClientAuth,
+        params.key_usages = match shape {
+            LeafShape::NoDigitalSignature => vec![KeyUsagePurpose::KeyEncipherment],
+            _ => vec![KeyUsagePurpose::DigitalSignature],
+        };
+        params.extended_key_usages = vec![match (kind, shape) {
+            (LeafKind::Server, LeafShape::ClientAuthOnly) => ExtendedKeyUsagePurpose::ClientAuth,
+            (LeafKind::Server, _) => ExtendedKeyUsagePurpose::ServerAuth,
+            (LeafKind::Client, _) => ExtendedKeyUsagePurpose::ClientAuth,
         }];
         params.use_authority_key_identifier_extension = true;
         let spiffe_id = sans.iter().find_map(|s| match s {
@@ -300,6 +338,21 @@ impl Pki {
             key_der: key.serialize_der(),
         }
     }
+}
+
+/// What is wrong with a leaf from [`Pki::wfm_svid_shaped`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeafShape {
+    /// Nothing: the leaf the default constructors issue.
+    Valid,
+    /// `notAfter` a day in the past.
+    Expired,
+    /// `notBefore` a day in the future.
+    NotYetValid,
+    /// extendedKeyUsage `clientAuth` only: not usable for TLS server authentication.
+    ClientAuthOnly,
+    /// keyUsage `keyEncipherment` only: the key may not sign the TLS handshake.
+    NoDigitalSignature,
 }
 
 #[derive(Clone, Copy)]
@@ -452,10 +505,21 @@ pub fn check_svid_leaf(der: &[u8]) -> Result<String, String> {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) {
+    write_atomic_mode(path, bytes, 0o644);
+}
+
+/// Private keys as a provisioning agent leaves them: 0600 (the host refuses wider).
+fn write_private_atomic(path: &Path, bytes: &[u8]) {
+    write_atomic_mode(path, bytes, 0o600);
+}
+
+fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
     let tmp = path.with_extension(format!(
         "{}.tmp",
         path.extension().and_then(|e| e.to_str()).unwrap_or("")
     ));
     std::fs::write(&tmp, bytes).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).unwrap();
     std::fs::rename(&tmp, path).unwrap();
 }

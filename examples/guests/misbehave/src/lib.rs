@@ -187,6 +187,20 @@ impl Guest for Misbehave {
                 let ms = number("ms", 500);
                 drip(out, chunks, Duration::from_millis(u64::from(ms)));
             }
+            "panic" => {
+                let message = query_param(&request, "msg").unwrap_or_else(|| "boom".into());
+                println!("about to panic: {message}");
+                panic!("guest panic: {message}");
+            }
+            "shout" => {
+                let lines: u32 = query_param(&request, "lines")
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(10);
+                for i in 0..lines {
+                    println!("shout {i}");
+                }
+                respond_text(out, 200, &format!("shouted {lines} lines\n"));
+            }
             _ => respond_text(out, 404, &format!("unknown behaviour {action:?}\n")),
         }
     }
