@@ -1,4 +1,4 @@
-//! Command line: `wasmgate up` and `wasmgate run`.
+//! Command line: `wasmgate up`, `wasmgate run` and (with the compiler) `wasmgate compile`.
 
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
@@ -46,6 +46,24 @@ pub enum Command {
         #[arg(long)]
         state_dir: Option<PathBuf>,
         /// Host configuration (TOML) for partition limits.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Precompile a component for a device (build hosts only: the device build has no
+    /// compiler). The device loads OUT when it lies next to the .wasm as `NAME.cwasm`.
+    #[cfg(feature = "compiler")]
+    Compile {
+        /// The component (.wasm).
+        component: PathBuf,
+        /// The device's CPU architecture (baseline CPU features); default: this machine,
+        /// with its own CPU features.
+        #[arg(long)]
+        target: Option<crate::engine::Arch>,
+        /// Output file; default: the component's path with the extension `.cwasm`.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// The device's host configuration (TOML): its partitions' `instance-memory`
+        /// shapes the code, so compile with the configuration the device runs.
         #[arg(long, short)]
         config: Option<PathBuf>,
     },

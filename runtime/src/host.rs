@@ -3,7 +3,7 @@
 
 use crate::config::Config;
 use crate::deploy::{local, DesiredDeployment, Reconciler, StatusBoard};
-use crate::engine::{AotCache, PoolSizing, WasmEngine};
+use crate::engine::{PoolSizing, WasmEngine};
 use crate::ingress::{self, AdminState, Ingress};
 use crate::sandbox::Partition;
 use anyhow::Context;
@@ -20,6 +20,20 @@ pub enum DesiredSource {
     Fixed(DesiredDeployment),
     /// A Margo Workload Fleet Manager.
     Wfm(Box<crate::margo::WfmSettings>),
+}
+
+/// What the engine's instance pool must hold for the partitions of `config`; also what
+/// `wasmgate compile` builds code for (the memory reservation follows from it).
+pub fn pool_sizing(config: &Config) -> PoolSizing {
+    PoolSizing {
+        instances: config.partitions.iter().map(|p| p.concurrency()).sum(),
+        max_instance_memory: config
+            .partitions
+            .iter()
+            .map(|p| p.instance_memory())
+            .max()
+            .unwrap_or(crate::config::DEFAULT_INSTANCE_MEMORY),
+    }
 }
 
 pub struct Host {
@@ -42,18 +56,9 @@ impl Host {
             .iter()
             .map(|p| Partition::open(&device_id, p, &config.state_dir))
             .collect::<Result<Vec<_>, _>>()?;
-        let sizing = PoolSizing {
-            instances: config.partitions.iter().map(|p| p.concurrency()).sum(),
-            max_instance_memory: config
-                .partitions
-                .iter()
-                .map(|p| p.instance_memory())
-                .max()
-                .unwrap_or(crate::config::DEFAULT_INSTANCE_MEMORY),
-        };
-        let engine = WasmEngine::new(sizing)?;
+        let engine = WasmEngine::new(pool_sizing(&config))?;
         let ticker = engine.start_epoch_ticker();
-        let aot = AotCache::new(&engine.engine, config.state_dir.join("aot"));
+        let aot = engine.aot_cache(config.state_dir.join("aot"));
         let routes = ingress::shared_routes();
         let status = Arc::new(StatusBoard::default());
         let reconciler = Reconciler::new(

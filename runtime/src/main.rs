@@ -78,6 +78,44 @@ fn main() -> anyhow::Result<()> {
                 let document = single_component_document(&component)?;
                 Host::new(config)?.run(DesiredSource::Fixed(document)).await
             }
+            #[cfg(feature = "compiler")]
+            Command::Compile {
+                component,
+                target,
+                output,
+                config,
+            } => compile(&component, target, output, config.as_ref()),
         }
     })
+}
+
+/// `wasmgate compile`: the device's engine settings come from its configuration, so the
+/// code fits the pool it will run in.
+#[cfg(feature = "compiler")]
+fn compile(
+    component: &std::path::Path,
+    target: Option<wasmgate::engine::Arch>,
+    output: Option<PathBuf>,
+    config: Option<&PathBuf>,
+) -> anyhow::Result<()> {
+    let config = load_config(config)?;
+    let repository = component.to_string_lossy();
+    let source = wasmgate::deploy::artifact::load_local(&repository, std::path::Path::new("."))?;
+    let memory = wasmgate::host::pool_sizing(&config).max_instance_memory;
+    let (header, file) = wasmgate::engine::precompiled::compile(&source.bytes, target, memory)
+        .with_context(|| format!("cannot precompile {}", component.display()))?;
+    let output = output.unwrap_or_else(|| component.with_extension("cwasm"));
+    wasmgate::fsutil::write_atomic(&output, &file)
+        .with_context(|| format!("cannot write {}", output.display()))?;
+    println!(
+        "wasmgate: compiled {} ({}) for {}, memory reservation {} bytes, engine {}: {} ({} bytes)",
+        component.display(),
+        source.digest,
+        header.profile.target,
+        header.profile.memory_reservation,
+        header.fingerprint,
+        output.display(),
+        file.len()
+    );
+    Ok(())
 }

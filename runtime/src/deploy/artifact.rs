@@ -87,6 +87,18 @@ impl ArtifactError {
     }
 }
 
+/// Precompiled files may hold several times the code of their component (machine code,
+/// relocations, unwind tables) but not without bound.
+const PRECOMPILED_FACTOR: u64 = 8;
+
+/// A precompiled form of a component, shipped next to it: `x.cwasm` beside `x.wasm`.
+/// Only read here; the engine verifies it (`engine::precompiled`) before mapping it.
+#[derive(Debug, Clone)]
+pub struct ShippedCode {
+    pub path: PathBuf,
+    pub bytes: Arc<[u8]>,
+}
+
 /// A component's bytes and their digest.
 #[derive(Debug, Clone)]
 pub struct Artifact {
@@ -97,6 +109,8 @@ pub struct Artifact {
     pub path: PathBuf,
     /// Whether `path` is a user's file whose changes are changes of desired state.
     pub watch: bool,
+    /// The `.cwasm` beside a local component, if there is one.
+    pub precompiled: Option<ShippedCode>,
 }
 
 /// Maps a local repository reference to a file; relative paths resolve against the
@@ -152,46 +166,73 @@ fn load_local_limited(
     limit: u64,
 ) -> Result<Artifact, ArtifactError> {
     let path = local_path(repository, base_dir)?;
-    let repository = repository.to_owned();
-    let bytes = match fsutil::read_regular_bounded(&path, limit) {
-        Ok(bytes) => bytes,
-        Err(BoundedReadError::TooLarge { size, limit, .. }) => {
-            return Err(ArtifactError::TooLarge {
-                repository,
-                path,
-                size,
-                limit,
-            })
-        }
-        Err(BoundedReadError::NotRegular { kind, .. }) => {
-            return Err(ArtifactError::NotRegular {
-                repository,
-                path,
-                kind,
-            })
-        }
-        Err(BoundedReadError::Io { source, .. }) => {
-            return Err(ArtifactError::Read {
-                repository,
-                path,
-                message: source.to_string(),
-            })
-        }
-    };
+    let bytes = read_bounded(repository, &path, limit)?;
     if let Err(what) = check_component(&bytes) {
         return Err(ArtifactError::NotAComponent {
-            repository,
+            repository: repository.to_owned(),
             path,
             what,
         });
     }
+    let precompiled = load_shipped(repository, &path, limit)?;
     let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
     Ok(Artifact {
         bytes: bytes.into(),
         digest,
         path,
         watch: true,
+        precompiled,
     })
+}
+
+/// The precompiled file beside the component at `component`, when there is one.
+fn load_shipped(
+    repository: &str,
+    component: &Path,
+    limit: u64,
+) -> Result<Option<ShippedCode>, ArtifactError> {
+    let path = component.with_extension("cwasm");
+    if path == component {
+        return Ok(None);
+    }
+    match fsutil::read_regular_bounded(&path, limit.saturating_mul(PRECOMPILED_FACTOR)) {
+        Ok(bytes) => Ok(Some(ShippedCode {
+            path,
+            bytes: bytes.into(),
+        })),
+        Err(BoundedReadError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            Ok(None)
+        }
+        Err(err) => Err(read_error(repository, err)),
+    }
+}
+
+fn read_bounded(repository: &str, path: &Path, limit: u64) -> Result<Vec<u8>, ArtifactError> {
+    fsutil::read_regular_bounded(path, limit).map_err(|err| read_error(repository, err))
+}
+
+fn read_error(repository: &str, err: BoundedReadError) -> ArtifactError {
+    let repository = repository.to_owned();
+    match err {
+        BoundedReadError::TooLarge { path, size, limit } => ArtifactError::TooLarge {
+            repository,
+            path,
+            size,
+            limit,
+        },
+        BoundedReadError::NotRegular { path, kind } => ArtifactError::NotRegular {
+            repository,
+            path,
+            kind,
+        },
+        BoundedReadError::Io { path, source } => ArtifactError::Read {
+            repository,
+            path,
+            message: source.to_string(),
+        },
+    }
 }
 
 /// A component resolved to a digest, not necessarily loaded yet.
@@ -407,6 +448,7 @@ impl Artifacts {
                 digest: format!("sha256:{hex}"),
                 path: blobs.path(&hex),
                 watch: false,
+                precompiled: None,
             }))
         })
         .await

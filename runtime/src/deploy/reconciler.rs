@@ -8,7 +8,7 @@ use super::model::{ComponentSpec, Deployment, Outline};
 use super::placement::{place, PlacementError, Requirement};
 use super::status::{ComponentStatus, DeploymentState, DeploymentStatus, StatusBoard, StatusError};
 use super::store::{collect_garbage, document_digest, AppliedRecord, AppliedStore, GcPolicy, Pin};
-use crate::engine::{AotCache, WasmEngine};
+use crate::engine::{AotCache, Shipped, WasmEngine};
 use crate::ingress::{Route, RouteTable, SharedRoutes};
 use crate::sandbox::Partition;
 use crate::telemetry::{Metrics, ReconcileOutcome};
@@ -1037,19 +1037,20 @@ impl Reconciler {
                     ),
                 ));
             }
-            let engine = self.engine.engine.clone();
+            let engine = self.engine.clone();
             let aot = self.aot.clone();
             let bytes = artifact.bytes.clone();
-            let compiled =
-                tokio::task::spawn_blocking(move || aot.load_or_compile(&engine, &bytes))
-                    .await
-                    .map_err(|e| fail("wasmgate.compile", format!("compiler task failed: {e}")))?
-                    .map_err(|e| {
-                        fail(
-                            "wasmgate.compile",
-                            format!("component {}: {e}", component.name),
-                        )
-                    })?;
+            let shipped = artifact.precompiled.clone();
+            let compiled = tokio::task::spawn_blocking(move || {
+                let shipped = shipped.as_ref().map(|s| Shipped {
+                    path: &s.path,
+                    bytes: &s.bytes,
+                });
+                aot.load_component(&engine, &bytes, shipped)
+            })
+            .await
+            .map_err(|e| fail("wasmgate.compile", format!("compiler task failed: {e}")))?
+            .map_err(|e| fail(e.code(), format!("component {}: {e}", component.name)))?;
             let (compiled, outcome) = compiled;
             tracing::debug!(component = %component.name, digest = %artifact.digest, ?outcome, "component ready");
             let spec = WorkloadSpec {

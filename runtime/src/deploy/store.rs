@@ -426,9 +426,7 @@ mod tests {
     fn gc_keeps_referenced_and_recent_and_respects_the_quota() {
         let dir = tempfile::tempdir().unwrap();
         let blobs = BlobStore::open(dir.path()).unwrap();
-        let engine =
-            wasmtime::Engine::new(wasmtime::Config::new().wasm_component_model(true)).unwrap();
-        let aot = AotCache::new(&engine, dir.path().join("aot"));
+        let aot = AotCache::with_fingerprint(dir.path().join("aot"), "0123456789abcdef".into());
         let keep = blobs.insert(&[1u8; 100]).unwrap();
         let old = blobs.insert(&[2u8; 100]).unwrap();
         let recent = blobs.insert(&[3u8; 100]).unwrap();

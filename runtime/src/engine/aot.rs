@@ -2,21 +2,24 @@
 //! Cranelift (tens of milliseconds per component) and maps the machine code instead.
 //!
 //! An entry is named `<component sha256>-<engine fingerprint>-<entry sha256>.cwasm`:
-//! - the component digest and the engine's compatibility fingerprint (wasmtime
-//!   version, compiler flags, target) key it, so an upgraded binary never loads code
-//!   compiled for another configuration;
+//! - the component digest and the engine's compatibility fingerprint (the host's:
+//!   `CodeProfile::fingerprint`, wasmtime version, target and code settings) key it, so
+//!   an upgraded binary never loads code compiled for another configuration (wasmtime
+//!   also re-checks version and CPU features; an entry it refuses is recompiled);
 //! - the sha256 of the entry's own bytes is checked before the file is mapped, so an
 //!   entry damaged on disk (bit rot, a crash on a file system that lost the data but
 //!   kept the rename) is discarded and recompiled, never executed.
+//!
+//! Entries come from compiling here or from verified precompiled files
+//! (`engine::precompiled`); the device build, which has no compiler, only has the latter.
 //!
 //! Entries are written atomically (temp file, fsync, rename), so a crash leaves either
 //! a complete entry or none.
 
 use crate::telemetry::AotMetrics;
 use sha2::{Digest, Sha256};
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 use wasmtime::component::Component;
 use wasmtime::Engine;
 
@@ -24,12 +27,38 @@ use wasmtime::Engine;
 pub enum AotError {
     #[error("cannot compile component ({digest}): {message}")]
     Compile { digest: String, message: String },
+    #[error("component sha256:{digest}: this wasmgate build has no compiler and no precompiled form of it is known; put the output of `wasmgate compile` next to the .wasm, with the extension .cwasm")]
+    NoCompiler { digest: String },
+    #[error("precompiled component {path}: {source}")]
+    Precompiled {
+        path: PathBuf,
+        #[source]
+        source: super::PrecompiledError,
+    },
     #[error("AOT cache I/O on {path}: {source}")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+}
+
+impl AotError {
+    /// The status error code to report.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NoCompiler { .. } | Self::Precompiled { .. } => "wasmgate.precompiled",
+            _ => "wasmgate.compile",
+        }
+    }
+}
+
+/// A precompiled file shipped with a component (see `engine::precompiled`).
+#[derive(Debug, Clone, Copy)]
+pub struct Shipped<'a> {
+    /// Where it was read from, for messages.
+    pub path: &'a Path,
+    pub bytes: &'a [u8],
 }
 
 #[derive(Debug, Clone)]
@@ -44,6 +73,8 @@ pub struct AotCache {
 pub enum AotOutcome {
     Loaded,
     Compiled,
+    /// From a precompiled file shipped with the component.
+    Precompiled,
 }
 
 /// One file of the cache, as seen by garbage collection.
@@ -79,9 +110,19 @@ fn parse_name(name: &str) -> Option<(&str, &str, &str)> {
 }
 
 impl AotCache {
+    /// A cache keyed by wasmtime's own compatibility hash of `engine` (embedders and
+    /// benchmarks with a bare engine; the host uses `WasmEngine::aot_cache`).
+    #[cfg(feature = "compiler")]
     pub fn new(engine: &Engine, dir: impl Into<PathBuf>) -> Self {
+        use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
+        Self::with_fingerprint(dir, format!("{:016x}", hasher.finish()))
+    }
+
+    /// A cache whose entries are keyed by `fingerprint` (no `-` in it), the engine
+    /// compatibility key.
+    pub fn with_fingerprint(dir: impl Into<PathBuf>, fingerprint: String) -> Self {
         let dir = dir.into();
         // Temp files of a write a crash interrupted; nothing else writes here yet.
         if let Err(err) = crate::fsutil::remove_stale_temps(&dir) {
@@ -89,7 +130,7 @@ impl AotCache {
         }
         Self {
             dir,
-            fingerprint: format!("{:016x}", hasher.finish()),
+            fingerprint,
             metrics: AotMetrics::default(),
         }
     }
@@ -121,14 +162,67 @@ impl AotCache {
     }
 
     /// The compiled form of `bytes`, from the cache when present, intact and loadable,
-    /// otherwise compiled now and stored for next time.
+    /// otherwise compiled now and stored for next time (without a compiler: an error).
     pub fn load_or_compile(
         &self,
         engine: &Engine,
         bytes: &[u8],
     ) -> Result<(Component, AotOutcome), AotError> {
         let digest = hex::encode(Sha256::digest(bytes));
-        for (path, expected) in self.candidates(&digest) {
+        if let Some(component) = self.lookup(engine, &digest) {
+            return Ok((component, AotOutcome::Loaded));
+        }
+        self.compile(engine, bytes, digest)
+    }
+
+    /// The compiled form of `bytes` for `engine`: from `shipped` when given (which must
+    /// verify against `bytes` and the engine, or the component is refused), else as
+    /// [`Self::load_or_compile`].
+    pub fn load_component(
+        &self,
+        engine: &super::WasmEngine,
+        bytes: &[u8],
+        shipped: Option<Shipped<'_>>,
+    ) -> Result<(Component, AotOutcome), AotError> {
+        let Some(shipped) = shipped else {
+            return self.load_or_compile(&engine.engine, bytes);
+        };
+        let refused = |source| AotError::Precompiled {
+            path: shipped.path.to_owned(),
+            source,
+        };
+        let digest = hex::encode(Sha256::digest(bytes));
+        let code =
+            super::precompiled::verify(shipped.bytes, &digest, &engine.profile).map_err(refused)?;
+        // SAFETY: `code` carries the sha256 recorded when `wasmgate compile` produced it
+        // (checked by `verify`), for this component and an engine of this engine's code
+        // profile; wasmtime re-checks its own header, version and CPU features. The
+        // module docs of `engine::precompiled` say why the file must be trusted.
+        let component = unsafe { Component::deserialize(&engine.engine, code) }
+            .map_err(|e| refused(super::PrecompiledError::Load(format!("{e:#}"))))?;
+        self.metrics.hit();
+        // Kept in the cache as well, so that a restart that restores the applied bytes
+        // from the blob store (no .cwasm next to them) finds the code without compiling.
+        if self.lookup_path(&digest, code).is_none() {
+            if let Err(err) = self.store(&digest, code) {
+                tracing::warn!(error = %err, "cannot write AOT cache entry");
+            }
+        }
+        Ok((component, AotOutcome::Precompiled))
+    }
+
+    /// The cache entry holding exactly `code` for the component `digest_hex`, if any.
+    fn lookup_path(&self, digest_hex: &str, code: &[u8]) -> Option<PathBuf> {
+        let sum = hex::encode(Sha256::digest(code));
+        self.candidates(digest_hex)
+            .into_iter()
+            .find_map(|(path, entry)| (entry == sum).then_some(path))
+    }
+
+    /// A cached, intact and loadable entry for the component `digest`; damaged or
+    /// unusable entries are deleted on the way.
+    fn lookup(&self, engine: &Engine, digest: &str) -> Option<Component> {
+        for (path, expected) in self.candidates(digest) {
             match crate::fsutil::sha256_file(&path) {
                 Ok(actual) if actual == expected => {}
                 Ok(actual) => {
@@ -144,15 +238,16 @@ impl AotCache {
                     continue;
                 }
             }
-            // SAFETY: the file was written by `precompile_component` of an engine with
-            // the same compatibility fingerprint (it is in the file name), its content
-            // still has the checksum it was written with (checked just above), and only
-            // this process writes the directory; wasmtime re-checks the header.
+            // SAFETY: the file was written by this cache for an engine with the same
+            // fingerprint (it is in the file name): compiled by such an engine or a
+            // verified precompiled file. Its content still has the checksum it was
+            // written with (checked just above), and only this process writes the
+            // directory; wasmtime re-checks the header.
             match unsafe { Component::deserialize_file(engine, &path) } {
                 Ok(component) => {
                     touch(&path);
                     self.metrics.hit();
-                    return Ok((component, AotOutcome::Loaded));
+                    return Some(component);
                 }
                 Err(err) => {
                     tracing::warn!(path = %path.display(), error = %format!("{err:#}"),
@@ -161,11 +256,21 @@ impl AotCache {
                 }
             }
         }
+        None
+    }
+
+    #[cfg(feature = "compiler")]
+    fn compile(
+        &self,
+        engine: &Engine,
+        bytes: &[u8],
+        digest: String,
+    ) -> Result<(Component, AotOutcome), AotError> {
         let compile_err = |err: wasmtime::Error| AotError::Compile {
             digest: format!("sha256:{digest}"),
             message: format!("{err:#}"),
         };
-        let started = Instant::now();
+        let started = std::time::Instant::now();
         let serialized = engine.precompile_component(bytes);
         self.metrics.miss(started.elapsed());
         let serialized = serialized.map_err(compile_err)?;
@@ -177,6 +282,16 @@ impl AotCache {
         let component =
             unsafe { Component::deserialize(engine, &serialized) }.map_err(compile_err)?;
         Ok((component, AotOutcome::Compiled))
+    }
+
+    #[cfg(not(feature = "compiler"))]
+    fn compile(
+        &self,
+        _engine: &Engine,
+        _bytes: &[u8],
+        digest: String,
+    ) -> Result<(Component, AotOutcome), AotError> {
+        Err(AotError::NoCompiler { digest })
     }
 
     fn store(&self, digest_hex: &str, bytes: &[u8]) -> Result<(), AotError> {
@@ -226,7 +341,7 @@ fn touch(path: &Path) {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "compiler"))]
 mod tests {
     use super::*;
 
@@ -263,5 +378,78 @@ mod tests {
         assert_eq!(entries.len(), 1);
         let (_, outcome) = cache.load_or_compile(&engine, &bytes).unwrap();
         assert_eq!(outcome, AotOutcome::Loaded);
+    }
+}
+
+#[cfg(test)]
+mod shipped_tests {
+    use crate::engine::{PoolSizing, WasmEngine};
+
+    /// The smallest component: the header alone.
+    const COMPONENT: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00];
+
+    fn engine() -> WasmEngine {
+        WasmEngine::on_demand(PoolSizing {
+            instances: 1,
+            max_instance_memory: 16 << 20,
+        })
+        .unwrap()
+    }
+
+    #[cfg(not(feature = "compiler"))]
+    #[test]
+    fn without_a_compiler_an_unknown_component_is_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine();
+        let cache = engine.aot_cache(dir.path());
+        let err = cache.load_component(&engine, &COMPONENT, None).unwrap_err();
+        assert_eq!(err.code(), "wasmgate.precompiled");
+        assert!(err.to_string().contains("wasmgate compile"), "{err}");
+    }
+
+    #[cfg(feature = "compiler")]
+    #[test]
+    fn a_shipped_file_is_verified_used_and_kept_in_the_cache() {
+        use super::*;
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine();
+        let metrics = AotMetrics::default();
+        let cache = engine.aot_cache(dir.path()).with_metrics(metrics.clone());
+        let (_, file) = crate::engine::precompiled::compile(
+            &COMPONENT,
+            None,
+            engine.sizing.max_instance_memory,
+        )
+        .unwrap();
+        let path = Path::new("c.cwasm");
+
+        let mut tampered = file.clone();
+        *tampered.last_mut().unwrap() ^= 1;
+        let shipped = Shipped {
+            path,
+            bytes: &tampered,
+        };
+        let err = cache
+            .load_component(&engine, &COMPONENT, Some(shipped))
+            .unwrap_err();
+        assert_eq!(err.code(), "wasmgate.precompiled");
+        assert!(err.to_string().contains("c.cwasm"), "{err}");
+        assert!(cache.entries().is_empty(), "a refused file is not cached");
+
+        let shipped = Shipped { path, bytes: &file };
+        let (_, outcome) = cache
+            .load_component(&engine, &COMPONENT, Some(shipped))
+            .unwrap();
+        assert_eq!(outcome, AotOutcome::Precompiled);
+        assert_eq!(cache.entries().len(), 1);
+        // Without the file (a restore from the blob store): from the cache, not compiled.
+        let (_, outcome) = cache.load_component(&engine, &COMPONENT, None).unwrap();
+        assert_eq!(outcome, AotOutcome::Loaded);
+        assert_eq!((metrics.hits(), metrics.misses()), (2, 0));
+        // Loading the same file again does not add a second entry.
+        cache
+            .load_component(&engine, &COMPONENT, Some(shipped))
+            .unwrap();
+        assert_eq!(cache.entries().len(), 1);
     }
 }

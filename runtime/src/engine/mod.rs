@@ -2,8 +2,10 @@
 //! ticker that drives deadlines and CPU shares, and the on-disk AOT cache.
 
 mod aot;
+pub mod precompiled;
 
-pub use aot::{AotCache, AotEntry, AotError, AotOutcome};
+pub use aot::{AotCache, AotEntry, AotError, AotOutcome, Shipped};
+pub use precompiled::{Arch, CodeProfile, PrecompiledError};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -164,22 +166,36 @@ pub struct WasmEngine {
     /// on-demand allocator instead.
     pub pooling: bool,
     pub sizing: PoolSizing,
+    /// What code this engine runs: precompiled components must match it.
+    pub profile: CodeProfile,
 }
 
-fn base_config() -> Config {
+/// The settings that shape compiled code, shared by the device's engine and by
+/// `wasmgate compile`, so that code compiled on a build host fits the device exactly.
+/// Everything here is part of [`CodeProfile::fingerprint`].
+pub(crate) fn code_config(profile: &CodeProfile) -> Config {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true);
     config.max_wasm_stack(MAX_WASM_STACK);
     config.async_stack_size(ASYNC_STACK);
-    config.parallel_compilation(true);
-    config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+    // Never the default 4 GiB per memory: small ARM boards have 39-bit address spaces.
+    // A memory never grows past its reservation (it is the per-instance limit), so no
+    // extra room for growth is reserved either.
+    config.memory_reservation(profile.memory_reservation);
+    config.memory_guard_size(MEMORY_GUARD);
+    config.memory_reservation_for_growth(0);
+    #[cfg(feature = "compiler")]
+    {
+        config.parallel_compilation(true);
+        config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+    }
     config
 }
 
 fn pooling_config(sizing: PoolSizing) -> Config {
-    let mut config = base_config();
     let memory = round_to_page(sizing.max_instance_memory);
+    let mut config = code_config(&code_profile(sizing));
     let slots = sizing.instances.max(1);
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(slots)
@@ -196,19 +212,17 @@ fn pooling_config(sizing: PoolSizing) -> Config {
         .linear_memory_keep_resident(64 << 10)
         .table_keep_resident(16 << 10);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    config.memory_reservation(memory);
-    config.memory_guard_size(MEMORY_GUARD);
-    config.memory_reservation_for_growth(0);
     config
 }
 
 fn on_demand_config(sizing: PoolSizing) -> Config {
-    let mut config = base_config();
-    // Even without a pool, never reserve the default 4 GiB per memory: small ARM boards
-    // have 39-bit address spaces.
-    config.memory_reservation(round_to_page(sizing.max_instance_memory));
-    config.memory_guard_size(MEMORY_GUARD);
-    config
+    // Same code settings as the pool, so compiled code (cached or precompiled) fits both.
+    code_config(&code_profile(sizing))
+}
+
+/// The code this machine's engine runs for partitions of `sizing`.
+fn code_profile(sizing: PoolSizing) -> CodeProfile {
+    CodeProfile::native(round_to_page(sizing.max_instance_memory))
 }
 
 impl WasmEngine {
@@ -262,6 +276,7 @@ impl WasmEngine {
                     engine,
                     pooling: true,
                     sizing,
+                    profile: code_profile(sizing),
                 })
             }
             Err(err) => {
@@ -283,7 +298,14 @@ impl WasmEngine {
             engine,
             pooling: false,
             sizing,
+            profile: code_profile(sizing),
         })
+    }
+
+    /// The AOT cache under `dir` for this engine's code: entries keyed by its
+    /// [`CodeProfile::fingerprint`], which a device build computes without a compiler.
+    pub fn aot_cache(&self, dir: impl Into<std::path::PathBuf>) -> AotCache {
+        AotCache::with_fingerprint(dir, self.profile.fingerprint())
     }
 
     /// Starts the thread that advances the epoch every [`EPOCH_TICK`]; it stops when the
