@@ -135,7 +135,11 @@ impl HttpConfig {
         {
             return invalid("max-header-size: expected 1Ki to 1Mi");
         }
-        if let Some(bad) = self.admin_hosts.iter().find(|h| !is_dns_name(h)) {
+        if let Some(bad) = self
+            .admin_hosts
+            .iter()
+            .find(|h| !crate::names::is_dns_name(h))
+        {
             return invalid(&format!(
                 "admin-hosts: {bad:?} is not a DNS name (letters, digits, '-' and '.', no port, no wildcard)"
             ));
@@ -227,22 +231,6 @@ fn check_capability_entries(
         }
     }
     Ok(())
-}
-
-/// A host name as `Host` carries it: dot-separated labels of 1 to 63 letters, digits or
-/// `-` (not at either end), 253 characters at most, one trailing dot allowed.
-pub fn is_dns_name(name: &str) -> bool {
-    let name = name.strip_suffix('.').unwrap_or(name);
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            (1..=63).contains(&label.len())
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
 }
 
 fn default_listen() -> SocketAddr {

@@ -11,6 +11,7 @@ pub mod fsutil;
 pub mod host;
 pub mod ingress;
 pub mod margo;
+pub mod names;
 pub mod sandbox;
 pub mod service;
 pub mod telemetry;

@@ -385,14 +385,6 @@ fn is_route(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@%/".contains(&b))
 }
 
-/// An HTTP trigger's host: a DNS name (letters, digits, `-`, `.`), at most 253 bytes.
-fn is_host(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-}
-
 fn is_component_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
@@ -674,18 +666,22 @@ fn parse_extensions(at: &str, value: Value) -> Result<WasmgateExtensions, ModelE
                         ),
                     ));
                 }
-                if let Some(host) = http.host.as_deref().filter(|h| !is_host(h)) {
+                if let Some(host) = http
+                    .host
+                    .as_deref()
+                    .filter(|h| !crate::names::is_dns_name(h))
+                {
                     return Err(model_err(
                         format!("{field}.host"),
                         format!(
-                            "{}: expected a DNS name (letters, digits, '-', '.'), without a port",
+                            "{}: expected a DNS name (labels of letters, digits and '-', separated by '.'), without a port",
                             preview(host)
                         ),
                     ));
                 }
                 ext.http = Some(HttpTrigger {
                     route: crate::ingress::normalize_prefix(&http.route),
-                    host: http.host.map(|h| h.to_ascii_lowercase()),
+                    host: http.host.as_deref().map(crate::names::canonical_host),
                 });
             }
             "timer" => {

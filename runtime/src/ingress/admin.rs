@@ -49,11 +49,8 @@ fn host_allowed(authority: Option<&str>, allowed: &[String]) -> bool {
     if host.parse::<std::net::Ipv4Addr>().is_ok() {
         return true;
     }
-    let name = host.strip_suffix('.').unwrap_or(&host);
-    name.eq_ignore_ascii_case("localhost")
-        || allowed
-            .iter()
-            .any(|a| a.strip_suffix('.').unwrap_or(a).eq_ignore_ascii_case(name))
+    crate::names::same_host(&host, "localhost")
+        || allowed.iter().any(|a| crate::names::same_host(a, &host))
 }
 
 fn respond(status: u16, content_type: &str, body: String) -> hyper::Response<ResponseBody> {

@@ -68,7 +68,7 @@ impl RouteTable {
             .find(|r| {
                 r.host
                     .as_deref()
-                    .is_none_or(|want| host.is_some_and(|h| h.eq_ignore_ascii_case(want)))
+                    .is_none_or(|want| host.is_some_and(|h| crate::names::same_host(h, want)))
                     && prefix_matches(&r.prefix, path)
             })
             .map(|r| &r.workload)
