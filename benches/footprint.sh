@@ -81,6 +81,7 @@ now_ms() {
 
 fail() {
     echo "footprint: FAIL: $*" >&2
+    echo "footprint: listener $ADDR, admin $ADMIN" >&2
     [ -f "$WORK/gate.out" ] && cat "$WORK/gate.out" >&2
     [ -f "$WORK/gate.err" ] && tail -n 20 "$WORK/gate.err" >&2
     exit 1
@@ -129,7 +130,8 @@ wait_serving() {
     while :; do
         kill -0 "$GATE_PID" 2>/dev/null || fail "wasmgate exited during start"
         [ "$(now_ms)" -lt "$deadline" ] || fail "not serving within 180 s"
-        if [ -z "$ADMIN" ]; then
+        # Both lines are printed, in either order, once the listeners are bound.
+        if [ -z "$ADMIN" ] || [ -z "$ADDR" ]; then
             ADDR=$(sed -n 's|^wasmgate: listening on http://||p' "$WORK/gate.out")
             ADMIN=$(sed -n 's|^wasmgate: admin on http://||p' "$WORK/gate.out")
         fi
