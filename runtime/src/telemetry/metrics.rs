@@ -512,7 +512,9 @@ impl OciMetrics {
 /// with `outcome` one of `"ok"`, `"not-modified"`, `"rejected"` (a 4xx answer),
 /// `"error"` (5xx, transport, timeout); `wfm.outbox_depth(n)` whenever the outbox
 /// changes; `wfm.capabilities_refused(device_id)` when the WFM refuses a device's
-/// capabilities report. Kinds and outcomes are `&'static str` so the label values
+/// capabilities report; `wfm.state_damaged(record)` when a state record of the client
+/// is found damaged and `wfm.accepted_state_unreadable(..)` while the accepted record
+/// cannot be read. Kinds, outcomes and records are `&'static str` so the label values
 /// stay a fixed, small set.
 #[derive(Debug, Clone)]
 pub struct WfmMetrics {
