@@ -7,8 +7,10 @@
 //! - [`StateDir`]: small named records (`key` -> bytes or JSON) under one directory,
 //!   each written atomically and carrying a sha256 of its content, so a record damaged
 //!   on disk is detected on read instead of being trusted. This is the store the Margo
-//!   client keeps its accepted manifest version, ETag and status outbox in, and the
-//!   reconciler its applied deployments.
+//!   client keeps its accepted manifest version, ETag, reported capabilities and status
+//!   outbox in, and the reconciler its applied deployments. A missing record ("first
+//!   start") and one that cannot be trusted (unreadable, damaged) are different answers,
+//!   so a caller can refuse to run on the second instead of starting empty.
 //! - content-addressed blobs (`deploy::store`) use [`AtomicFile`] directly.
 
 use serde::de::DeserializeOwned;
@@ -288,6 +290,9 @@ pub fn read_regular_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, BoundedR
 /// First line of every [`StateDir`] record: magic, sha256 and length of the payload.
 const RECORD_MAGIC: &str = "wasmgate-record-v1";
 
+/// Largest record [`StateDir::get`] reads; a bigger file is not one of ours.
+pub const MAX_RECORD: u64 = 16 << 20;
+
 /// Why a record could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -297,12 +302,35 @@ pub enum StateError {
         #[source]
         source: std::io::Error,
     },
+    /// Something other than a record is in its place (a directory, a device, a file
+    /// larger than any record): it cannot be read, and it is not ours to remove.
+    #[error("state record {path} cannot be read: {source}")]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: BoundedReadError,
+    },
     /// The record exists but its checksum, header or JSON does not hold: it was damaged
     /// on disk (or written by something else). Never trust it.
     #[error("state record {path} is corrupt: {reason}")]
     Corrupt { path: PathBuf, reason: String },
     #[error("state key {key:?} is not valid: use segments of letters, digits, '.', '_' and '-' joined by '/', none starting with '.'")]
     Key { key: String },
+    /// The blocking thread that ran the operation died (a panic) or was cancelled.
+    #[error("state directory {root}: the blocking task failed: {source}")]
+    Task {
+        root: PathBuf,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+}
+
+impl StateError {
+    /// Whether the record is there but its content cannot be trusted (checksum, header,
+    /// length or JSON), as opposed to a file that cannot be read at all.
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, Self::Corrupt { .. })
+    }
 }
 
 /// A directory of small named records, each replaced atomically and checksummed.
@@ -332,20 +360,25 @@ fn valid_key(key: &str) -> bool {
 
 impl StateDir {
     /// Opens (creating it when needed) the store rooted at `root`, removing temporary
-    /// files left by a crash anywhere below it.
+    /// files left by a crash anywhere below it. Blocking I/O.
     pub fn open(root: impl Into<PathBuf>) -> std::io::Result<Self> {
         let root = root.into();
         std::fs::create_dir_all(&root)?;
-        fn sweep(dir: &Path) -> std::io::Result<()> {
-            remove_stale_temps(dir)?;
-            for entry in std::fs::read_dir(dir)?.flatten() {
-                if entry.file_type()?.is_dir() {
-                    sweep(&entry.path())?;
+        // A folder below the root that cannot be swept (a directory an operator or a
+        // fault left where a record belongs, mode 000) must not stop the whole store:
+        // its records answer for themselves when read.
+        fn sweep(dir: &Path) {
+            if let Err(err) = remove_stale_temps(dir) {
+                tracing::warn!(dir = %dir.display(), error = %err, "cannot sweep temporary files");
+            }
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    sweep(&entry.path());
                 }
             }
-            Ok(())
         }
-        sweep(&root)?;
+        std::fs::read_dir(&root)?;
+        sweep(&root);
         Ok(Self { root })
     }
 
@@ -386,13 +419,17 @@ impl StateDir {
         file.commit().map_err(io)
     }
 
-    /// The record under `key`, `None` when there is none.
+    /// The record under `key`, `None` when there is none. Anything else in its place, or
+    /// a record that fails its checks, is an error, never "none".
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
         let path = self.path(key)?;
-        let raw = match std::fs::read(&path) {
+        let raw = match read_regular_bounded(&path, MAX_RECORD) {
             Ok(raw) => raw,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(StateError::Io { path, source }),
+            Err(err) if err.is_not_found() => return Ok(None),
+            Err(BoundedReadError::Io { source, .. }) => {
+                return Err(StateError::Io { path, source })
+            }
+            Err(source) => return Err(StateError::Unreadable { path, source }),
         };
         let corrupt = |reason: &str| StateError::Corrupt {
             path: path.clone(),
@@ -444,7 +481,8 @@ impl StateDir {
     }
 
     /// Keys of the records directly inside folder `prefix` (`""` for the root), sorted,
-    /// as full keys (`outbox/0001`).
+    /// as full keys (`outbox/0001`). Folders are not keys; anything else that sits in the
+    /// folder (a link, a device) is listed, so that reading it reports it.
     pub fn keys(&self, prefix: &str) -> Result<Vec<String>, StateError> {
         let dir = if prefix.is_empty() {
             self.root.clone()
@@ -459,7 +497,7 @@ impl StateDir {
         let mut keys = Vec::new();
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') || !entry.file_type().is_ok_and(|t| t.is_file()) {
+            if name.starts_with('.') || entry.file_type().is_ok_and(|t| t.is_dir()) {
                 continue;
             }
             keys.push(if prefix.is_empty() {
@@ -470,6 +508,112 @@ impl StateDir {
         }
         keys.sort();
         Ok(keys)
+    }
+
+    /// Moves the record under `key` aside as `KEY.corrupt-<unix seconds>` (durably), so
+    /// that it no longer answers for `key` but stays for an operator to inspect. Returns
+    /// the new path.
+    pub fn quarantine(&self, key: &str) -> Result<PathBuf, StateError> {
+        let path = self.path(key)?;
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut aside = PathBuf::from(format!("{}.corrupt-{secs}", path.display()));
+        let mut n = 0;
+        while aside.symlink_metadata().is_ok() {
+            n += 1;
+            aside = PathBuf::from(format!("{}.corrupt-{secs}-{n}", path.display()));
+        }
+        std::fs::rename(&path, &aside).map_err(|source| StateError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        if let Some(parent) = path.parent() {
+            let _ = sync_dir(parent);
+        }
+        Ok(aside)
+    }
+
+    /// Converts a file written before records existed (bare content, no header) at
+    /// `legacy` (relative to the root) into the record `key`, byte for byte, and removes
+    /// the old file. Returns whether a legacy file was converted.
+    ///
+    /// The content is not judged here: if it was damaged, the record carries the same
+    /// damage and its reader refuses it as it would have refused the old file, so
+    /// nothing is lost or made to look sound. A crash after the record is written and
+    /// before the old file is removed leaves both; the record wins and the old file is
+    /// removed on the next call, so an older copy never comes back.
+    pub fn migrate_legacy(&self, legacy: &str, key: &str) -> Result<bool, StateError> {
+        let record = self.path(key)?;
+        let old = self.root.join(legacy);
+        let remove_old = || -> Result<(), StateError> {
+            std::fs::remove_file(&old).map_err(|source| StateError::Io {
+                path: old.clone(),
+                source,
+            })?;
+            if let Some(parent) = old.parent() {
+                let _ = sync_dir(parent);
+            }
+            Ok(())
+        };
+        if old.symlink_metadata().is_err() {
+            return Ok(false);
+        }
+        if record.symlink_metadata().is_ok() {
+            remove_old()?;
+            return Ok(false);
+        }
+        let bytes = match read_regular_bounded(&old, MAX_RECORD) {
+            Ok(bytes) => bytes,
+            Err(err) if err.is_not_found() => return Ok(false),
+            Err(BoundedReadError::Io { source, .. }) => {
+                return Err(StateError::Io { path: old, source })
+            }
+            Err(source) => return Err(StateError::Unreadable { path: old, source }),
+        };
+        self.put(key, &bytes)?;
+        remove_old()?;
+        Ok(true)
+    }
+
+    /// [`StateDir::open`] and a first `op` on the store, on a blocking thread (opening
+    /// sweeps the tree, and `op` usually reads records).
+    pub async fn open_with<T, F>(root: &Path, op: F) -> Result<(Self, T), StateError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&StateDir) -> T + Send + 'static,
+    {
+        let path = root.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let store = StateDir::open(&path).map_err(|source| StateError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let value = op(&store);
+            Ok((store, value))
+        })
+        .await
+        .map_err(|source| StateError::Task {
+            root: root.to_owned(),
+            source,
+        })?
+    }
+
+    /// Runs `op` on this store on a blocking thread: every [`StateDir`] call may fsync,
+    /// which must not hold an async worker. Awaiting each call before the next keeps
+    /// writes in the order they were made.
+    pub async fn blocking<T, F>(&self, op: F) -> Result<T, StateError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&StateDir) -> Result<T, StateError> + Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || op(&store))
+            .await
+            .map_err(|source| StateError::Task {
+                root: self.root.clone(),
+                source,
+            })?
     }
 
     /// Stores `value` as JSON under `key`.

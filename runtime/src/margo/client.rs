@@ -51,6 +51,9 @@ pub enum CycleError {
     Rejected(String),
     #[error("local state: {0}")]
     Local(String),
+    /// The accepted-state record cannot be read: nothing is accepted until it can.
+    #[error("accepted state unreadable: {0}")]
+    StateUnreadable(String),
 }
 
 impl CycleError {
@@ -139,7 +142,6 @@ pub struct WfmClient {
     events: UnboundedReceiver<DeploymentStatus>,
     /// deviceId -> capabilities document last accepted by the WFM.
     reported: BTreeMap<String, Value>,
-    reported_file: PathBuf,
     /// Capabilities were sent on this run (they are the first exchange after connecting).
     announced: bool,
     /// deviceId -> the refused document of that target, retried with back-off.
@@ -162,24 +164,13 @@ impl WfmClient {
         metrics: WfmMetrics,
     ) -> anyhow::Result<Self> {
         let state_dir = config.state_dir.join("wfm");
-        std::fs::create_dir_all(&state_dir)?;
-        // Temp files of writes a crash interrupted; the renamed-in files are intact.
-        for dir in [
-            state_dir.clone(),
-            state_dir.join("documents"),
-            state_dir.join("outbox/queue"),
-            state_dir.join("outbox"),
-        ] {
-            let _ = crate::fsutil::remove_stale_temps(&dir);
-        }
+        // Opening the stores sweeps temp files of writes a crash interrupted (before the
+        // transport writes any); an unreadable accepted record is not an error here: the
+        // client then serves what is installed and accepts nothing (see `cycle`).
+        let state = SyncState::open(&state_dir, metrics.clone()).await?;
+        let outbox = Outbox::open(&state_dir.join("outbox"), metrics.clone()).await?;
+        let reported = state.reported().await;
         let transport = Self::connect(&settings, &state_dir).await?;
-        let state = SyncState::open(&state_dir)?;
-        let outbox = Outbox::open(&state_dir.join("outbox"))?;
-        let reported_file = state_dir.join("capabilities-reported.json");
-        let reported = std::fs::read(&reported_file)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
         let (once, daily) = settings.downtimes().map_err(anyhow::Error::msg)?;
         if !config.device.as_ref().is_some_and(|d| d.otel_collector) {
             tracing::warn!(
@@ -191,7 +182,7 @@ impl WfmClient {
         Ok(Self {
             identity,
             documents,
-            applying: state.accepted.manifest_version,
+            applying: state.accepted().map_or(0, |a| a.manifest_version),
             settings,
             transport,
             config,
@@ -199,7 +190,6 @@ impl WfmClient {
             outbox,
             events,
             reported,
-            reported_file,
             announced: false,
             refused_reports: BTreeMap::new(),
             last_error: None,
@@ -309,8 +299,8 @@ impl WfmClient {
         // Stopping: hand the WFM what changed since the last cycle (deployments the
         // drain stopped, for one). Bounded by the transport's timeouts and, overall, by
         // the host's shutdown bound; what is not delivered stays in the outbox.
-        if self.transport.is_some() && !self.in_downtime() {
-            let delivered = match self.collect_events() {
+        if self.transport.is_some() && !self.in_downtime() && self.state.unreadable().is_none() {
+            let delivered = match self.collect_events().await {
                 Ok(()) => self.deliver_statuses().await,
                 Err(err) => Err(err),
             };
@@ -357,6 +347,7 @@ impl WfmClient {
             }
             Some(err) => self.last_error = Some(err.to_string()),
         }
+
         let now = Instant::now();
         let targets = self
             .documents
@@ -394,7 +385,7 @@ impl WfmClient {
             connected: self.transport.is_some(),
             last_error: self.last_error.clone(),
             last_sync: self.last_sync,
-            accepted_manifest_version: self.state.accepted.manifest_version,
+            accepted_manifest_version: self.state.accepted().map_or(0, |a| a.manifest_version),
             outbox_depth: self.outbox.len(),
             targets,
         });
@@ -430,7 +421,21 @@ impl WfmClient {
     }
 
     /// One round: capabilities, queued statuses, desired state, new statuses.
+    ///
+    /// While the accepted-state record cannot be read, a round only reads it again (the
+    /// caller backs off after the error): the WFM is not contacted, so no manifest can
+    /// be accepted against a replay guard we do not have, and queued reports wait on
+    /// disk. Once it reads, the accepted state is applied and the rounds resume.
     pub async fn cycle(&mut self, reconciler: &mut Reconciler) -> Result<(), CycleError> {
+        if self.state.unreadable().is_some() {
+            if !self.state.reload().await {
+                let reason = self.state.unreadable().unwrap_or_default().to_owned();
+                self.discard_events();
+                return Err(CycleError::StateUnreadable(reason));
+            }
+            self.applying = self.state.accepted().map_or(0, |a| a.manifest_version);
+            self.restore(reconciler).await;
+        }
         if self.transport.is_none() {
             let transport = Transport::new(&self.settings, &self.state_dir).await?;
             tracing::info!("connected to the WFM");
@@ -438,45 +443,94 @@ impl WfmClient {
         }
         self.transport()?.refresh_trust().await?;
         self.report_capabilities().await?;
-        self.collect_events()?;
+        self.collect_events().await?;
         self.deliver_statuses().await?;
         if self.in_polling_window() {
             self.poll(reconciler).await?;
         }
         if reconciler.pass_due() {
             // Retry failed pulls and collect garbage against the accepted state.
-            let desired = self.accepted_documents();
+            let desired = self.accepted_documents().await;
             reconciler.apply(desired).await;
         }
-        self.collect_events()?;
+        self.collect_events().await?;
         self.deliver_statuses().await?;
         Ok(())
     }
 
     /// The accepted deployments whose YAML is held on disk.
-    fn accepted_documents(&self) -> Vec<DesiredDeployment> {
-        self.state
-            .accepted
-            .deployments
-            .iter()
-            .filter_map(|(id, digest)| {
-                let yaml = self.state.document(&Digest::parse(digest).ok()?)?;
-                Some(self.desired(id, yaml))
+    async fn accepted_documents(&self) -> Vec<DesiredDeployment> {
+        let Some(accepted) = self.state.accepted() else {
+            return Vec::new();
+        };
+        let mut desired = Vec::new();
+        for (id, digest) in &accepted.deployments {
+            let Ok(digest) = Digest::parse(digest) else {
+                continue;
+            };
+            if let Some(yaml) = self.state.document(&digest).await {
+                desired.push(self.desired(id, yaml));
+            }
+        }
+        desired
+    }
+
+    /// While the accepted record cannot be read: the WFM deployments as the reconciler
+    /// last applied them (its own records), so the device keeps serving what was
+    /// installed without knowing, or accepting, any manifest.
+    async fn installed_documents(&self) -> Vec<DesiredDeployment> {
+        let dir = self.config.state_dir.join("deployments");
+        let records = tokio::task::spawn_blocking(move || {
+            crate::deploy::store::AppliedStore::open(dir).map(|store| store.load_all())
+        })
+        .await;
+        let records = match records {
+            Ok(Ok(records)) => records,
+            Ok(Err(err)) => {
+                tracing::error!(error = %err, "cannot read the applied deployments");
+                return Vec::new();
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot read the applied deployments");
+                return Vec::new();
+            }
+        };
+        records
+            .into_iter()
+            .filter_map(|record| {
+                let id = record.source.strip_prefix(SOURCE_PREFIX)?.to_owned();
+                Some(self.desired(&id, record.yaml.into_bytes()))
             })
             .collect()
+    }
+
+    /// Status-board changes while nothing is accepted: they would carry an
+    /// `adoptedManifestVersion` we cannot vouch for. The states are reported once the
+    /// accepted record reads again ([`Self::restore`] reports what differs).
+    fn discard_events(&mut self) {
+        while self.events.try_recv().is_ok() {}
     }
 
     /// Applies the accepted desired state kept on disk, reporting only states that
     /// differ from what the WFM was last told.
     async fn restore(&mut self, reconciler: &mut Reconciler) {
-        let accepted = self.state.accepted.clone();
+        let Some(accepted) = self.state.accepted().cloned() else {
+            let desired = self.installed_documents().await;
+            tracing::warn!(
+                deployments = desired.len(),
+                "accepted state unreadable: serving the deployments as last applied"
+            );
+            reconciler.apply(desired).await;
+            self.discard_events();
+            return;
+        };
         if accepted.manifest_version == 0 {
             return;
         }
-        let desired = self.accepted_documents();
+        let desired = self.accepted_documents().await;
         if desired.len() != accepted.deployments.len() {
             // Force a full fetch on the next poll.
-            self.state.accepted.etag = None;
+            self.state.forget_etag();
         }
         tracing::info!(
             manifest_version = accepted.manifest_version,
@@ -486,11 +540,11 @@ impl WfmClient {
         reconciler.apply(desired).await;
         // Transitional states of the restore are not news to the WFM; final ones are
         // reported only when they differ from the last report.
-        while self.events.try_recv().is_ok() {}
+        self.discard_events();
         let snapshot = reconciler.status().snapshot();
         for status in snapshot.deployments {
             if let Some(report) = self.report_for(&status) {
-                if let Err(err) = self.outbox.push(report) {
+                if let Err(err) = self.outbox.push(report).await {
                     tracing::error!(error = %err, "cannot queue a status report");
                 }
             }
@@ -508,9 +562,11 @@ impl WfmClient {
         }
     }
 
-    fn save_reported(&self) -> Result<(), CycleError> {
-        let bytes = serde_json::to_vec_pretty(&self.reported).map_err(local)?;
-        crate::fsutil::write_atomic(&self.reported_file, &bytes).map_err(local)
+    async fn save_reported(&self) -> Result<(), CycleError> {
+        self.state
+            .save_reported(self.reported.clone())
+            .await
+            .map_err(local)
     }
 
     async fn put_capabilities(&mut self, device: &str, doc: &Value) -> Result<u16, CycleError> {
@@ -587,7 +643,7 @@ impl WfmClient {
                         tracing::info!(device = %device, "WFM accepted the capabilities it refused before");
                     }
                     self.reported.insert(device.clone(), doc.clone());
-                    self.save_reported()?;
+                    self.save_reported().await?;
                 }
                 Err(err @ CycleError::Refused { .. }) if !err.is_unauthorized() => {
                     self.refuse_report(device, doc, &err);
@@ -628,7 +684,7 @@ impl WfmClient {
             }
             tracing::info!(device = %device, "partition removed; unregistered it at the WFM");
             self.reported.remove(&device);
-            self.save_reported()?;
+            self.save_reported().await?;
         }
         self.announced = true;
         Ok(())
@@ -669,10 +725,10 @@ impl WfmClient {
     }
 
     /// Turns status-board changes into queued reports.
-    fn collect_events(&mut self) -> Result<(), CycleError> {
+    async fn collect_events(&mut self) -> Result<(), CycleError> {
         while let Ok(status) = self.events.try_recv() {
             if let Some(report) = self.report_for(&status) {
-                self.outbox.push(report).map_err(local)?;
+                self.outbox.push(report).await.map_err(local)?;
             }
         }
         Ok(())
@@ -721,7 +777,7 @@ impl WfmClient {
 
     /// Delivers queued reports in order; stops at the first one the WFM cannot take now.
     async fn deliver_statuses(&mut self) -> Result<(), CycleError> {
-        for pending in self.outbox.pending().map_err(local)? {
+        for pending in self.outbox.pending().await.map_err(local)? {
             let report = &pending.report;
             let url = self
                 .transport()?
@@ -743,7 +799,7 @@ impl WfmClient {
                 )
                 .await?;
             match response.status {
-                200 | 201 | 204 => self.outbox.done(&pending).map_err(local)?,
+                200 | 201 | 204 => self.outbox.done(&pending).await.map_err(local)?,
                 _ => {
                     let err = refused(
                         format!("POST deployments/{}/status", report.deployment_id),
@@ -758,7 +814,7 @@ impl WfmClient {
                     {
                         // The WFM will never take this one; keep the queue moving.
                         tracing::error!(error = %err, report = %body, "status report refused; dropping it");
-                        self.outbox.done(&pending).map_err(local)?;
+                        self.outbox.done(&pending).await.map_err(local)?;
                         continue;
                     }
                     return Err(err);
@@ -771,7 +827,14 @@ impl WfmClient {
     async fn poll(&mut self, reconciler: &mut Reconciler) -> Result<(), CycleError> {
         let url = self.transport()?.api_url("deployments")?;
         let mut headers = vec![("accept", MANIFEST_MEDIA_TYPE.to_owned())];
-        if let Some(etag) = &self.state.accepted.etag {
+        // The replay guard: without a readable accepted record, nothing is accepted.
+        let Some(accepted) = self.state.accepted() else {
+            return Err(CycleError::StateUnreadable(
+                self.state.unreadable().unwrap_or_default().to_owned(),
+            ));
+        };
+        let accepted_version = accepted.manifest_version;
+        if let Some(etag) = &accepted.etag {
             headers.push(("if-none-match", etag.clone()));
         }
         let response = self
@@ -797,7 +860,6 @@ impl WfmClient {
         }
         let manifest = StateManifest::parse(&response.body)
             .map_err(|e| CycleError::Rejected(e.to_string()))?;
-        let accepted_version = self.state.accepted.manifest_version;
         if manifest.version <= accepted_version {
             return Err(CycleError::Rejected(format!(
                 "manifestVersion {} is not greater than the accepted {accepted_version} (rollback or replay)",
@@ -817,7 +879,7 @@ impl WfmClient {
             .map(|(id, (_, yaml))| self.desired(id, yaml.clone()))
             .collect();
         reconciler.apply(desired).await;
-        self.collect_events()?;
+        self.collect_events().await?;
         self.state
             .accept(Accepted {
                 manifest_version: manifest.version,
@@ -827,6 +889,7 @@ impl WfmClient {
                     .map(|(id, (d, _))| (id.clone(), d.to_string()))
                     .collect(),
             })
+            .await
             .map_err(local)?;
         Ok(())
     }
@@ -840,7 +903,7 @@ impl WfmClient {
         let mut documents = BTreeMap::new();
         let mut missing = Vec::new();
         for d in &manifest.deployments {
-            match self.state.document(&d.digest) {
+            match self.state.document(&d.digest).await {
                 Some(yaml) => {
                     documents.insert(d.deployment_id.clone(), (d.digest.clone(), yaml));
                 }
@@ -941,7 +1004,10 @@ impl WfmClient {
         // reconciler; the digest vouched for its bytes, so it is kept like the others
         // and not fetched again until the manifest names another digest.
         for (digest, yaml) in documents.values() {
-            self.state.store_document(digest, yaml).map_err(local)?;
+            self.state
+                .store_document(digest, yaml)
+                .await
+                .map_err(local)?;
         }
         Ok(documents)
     }

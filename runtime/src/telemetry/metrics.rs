@@ -512,13 +512,22 @@ impl OciMetrics {
 /// with `outcome` one of `"ok"`, `"not-modified"`, `"rejected"` (a 4xx answer),
 /// `"error"` (5xx, transport, timeout); `wfm.outbox_depth(n)` whenever the outbox
 /// changes; `wfm.capabilities_refused(device_id)` when the WFM refuses a device's
-/// capabilities report. Kinds and outcomes are `&'static str` so the label values
+/// capabilities report; `wfm.state_damaged(record)` when a state record of the client
+/// is found damaged and `wfm.accepted_state_unreadable(..)` while the accepted record
+/// cannot be read. Kinds, outcomes and records are `&'static str` so the label values
 /// stay a fixed, small set.
 #[derive(Debug, Clone)]
 pub struct WfmMetrics {
     requests: HistogramFamily<KindOutcomeLabels>,
     outbox: Gauge,
     refused: Family<DeviceLabels, Counter>,
+    damaged: Family<RecordLabels, Counter>,
+    unreadable: Gauge,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RecordLabels {
+    record: &'static str,
 }
 
 impl Default for WfmMetrics {
@@ -527,6 +536,8 @@ impl Default for WfmMetrics {
             requests: Family::new_with_constructor(slow_histogram),
             outbox: Gauge::default(),
             refused: Family::default(),
+            damaged: Family::default(),
+            unreadable: Gauge::default(),
         }
     }
 }
@@ -542,6 +553,22 @@ impl WfmMetrics {
     /// Status reports waiting in the durable outbox.
     pub fn outbox_depth(&self, n: usize) {
         self.outbox.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// A state record of the WFM client (`accepted`, `outbox-entry`, `last-reported`,
+    /// `capabilities-reported`) was found unreadable or damaged.
+    pub fn state_damaged(&self, record: &'static str) {
+        self.damaged.get_or_create(&RecordLabels { record }).inc();
+    }
+
+    /// How many times `record` was found damaged.
+    pub fn damaged(&self, record: &'static str) -> u64 {
+        self.damaged.get_or_create(&RecordLabels { record }).get()
+    }
+
+    /// Whether the accepted-state record (the replay guard) cannot be read now.
+    pub fn accepted_state_unreadable(&self, unreadable: bool) {
+        self.unreadable.set(i64::from(unreadable));
     }
 
     /// The WFM refused the capabilities report of `device` (a device or partition id).
@@ -656,6 +683,16 @@ impl Metrics {
             "wasmgate_wfm_capabilities_refused",
             "Capabilities reports the WFM refused, per device",
             wfm.refused.clone(),
+        );
+        r.register(
+            "wasmgate_wfm_state_damaged",
+            "WFM client state records found unreadable or damaged, by record",
+            wfm.damaged.clone(),
+        );
+        r.register(
+            "wasmgate_wfm_accepted_state_unreadable",
+            "1 while the accepted-manifest record cannot be read and no desired state is accepted",
+            wfm.unreadable.clone(),
         );
         Self {
             registry,
