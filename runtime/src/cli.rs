@@ -1,4 +1,8 @@
-//! Command line: `wasmgate up`, `wasmgate run` and (with the compiler) `wasmgate compile`.
+//! Command line: `wasmgate up`, `wasmgate run`, `wasmgate status` and (with the
+//! compiler) `wasmgate compile`.
+
+pub mod progress;
+pub mod status;
 
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
@@ -48,6 +52,23 @@ pub enum Command {
         /// Host configuration (TOML) for partition limits.
         #[arg(long, short)]
         config: Option<PathBuf>,
+    },
+    /// Show the running host's partitions, deployments and WFM sync state, read from its
+    /// admin listener. Exit status: 0 all well, 1 something failed (a deployment, a
+    /// capabilities report, the WFM exchange), 2 no status could be read.
+    Status {
+        /// The admin listener; default: `[http] admin` of `--config`, else 127.0.0.1:8081.
+        #[arg(long)]
+        admin: Option<SocketAddr>,
+        /// The host configuration (TOML) whose `[http] admin` to use.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print the `/status` JSON document instead of tables.
+        #[arg(long)]
+        json: bool,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "5s", value_parser = crate::units::parse_duration)]
+        timeout: std::time::Duration,
     },
     /// Precompile a component for a device (build hosts only: the device build has no
     /// compiler). The device loads OUT when it lies next to the .wasm as `NAME.cwasm`.

@@ -16,7 +16,7 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<std::process::ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("WASMGATE_LOG").unwrap_or_else(|_| {
@@ -27,6 +27,26 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    if let Command::Status {
+        admin,
+        config,
+        json,
+        timeout,
+    } = &cli.command
+    {
+        // One short exchange: no worker threads needed.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        let code = runtime.block_on(wasmgate::cli::status::run(
+            *admin,
+            config.as_deref(),
+            *json,
+            *timeout,
+        ));
+        return Ok(code.into());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("wasmgate")
@@ -85,8 +105,10 @@ fn main() -> anyhow::Result<()> {
                 output,
                 config,
             } => compile(&component, target, output, config.as_ref()),
+            Command::Status { .. } => unreachable!("handled before the runtime starts"),
         }
     })
+    .map(|()| std::process::ExitCode::SUCCESS)
 }
 
 /// `wasmgate compile`: the device's engine settings come from its configuration, so the
@@ -99,23 +121,37 @@ fn compile(
     config: Option<&PathBuf>,
 ) -> anyhow::Result<()> {
     let config = load_config(config)?;
+    let progress =
+        wasmgate::cli::progress::Progress::stderr(&format!("reading {}", component.display()));
     let repository = component.to_string_lossy();
     let source = wasmgate::deploy::artifact::load_local(&repository, std::path::Path::new("."))?;
     let memory = wasmgate::host::pool_sizing(&config).max_instance_memory;
+    progress.step(&format!(
+        "compiling {} ({} bytes) for {}",
+        component.display(),
+        source.bytes.len(),
+        target
+            .and_then(|t| clap::ValueEnum::to_possible_value(&t))
+            .map_or_else(|| "this machine".to_owned(), |t| t.get_name().to_owned())
+    ));
     let (header, file) = wasmgate::engine::precompiled::compile(&source.bytes, target, memory)
         .with_context(|| format!("cannot precompile {}", component.display()))?;
     let output = output.unwrap_or_else(|| component.with_extension("cwasm"));
+    progress.step(&format!("writing {}", output.display()));
     wasmgate::fsutil::write_atomic(&output, &file)
         .with_context(|| format!("cannot write {}", output.display()))?;
+    let elapsed = progress.elapsed();
+    progress.finish();
     println!(
-        "wasmgate: compiled {} ({}) for {}, memory reservation {} bytes, engine {}: {} ({} bytes)",
+        "wasmgate: compiled {} ({}) for {}, memory reservation {} bytes, engine {}: {} ({} bytes, {:.2}s)",
         component.display(),
         source.digest,
         header.profile.target,
         header.profile.memory_reservation,
         header.fingerprint,
         output.display(),
-        file.len()
+        file.len(),
+        elapsed.as_secs_f64()
     );
     Ok(())
 }

@@ -51,15 +51,30 @@ impl FromStr for ByteSize {
     }
 }
 
+/// Binary units, largest first.
+const BINARY_UNITS: [(u64, &str); 4] = [
+    (1 << 40, "Ti"),
+    (1 << 30, "Gi"),
+    (1 << 20, "Mi"),
+    (1 << 10, "Ki"),
+];
+
+impl ByteSize {
+    /// For people reading a table: the largest binary unit that fits, one decimal
+    /// when not exact (`1.5Mi`); `Display` stays exact so that it parses back.
+    pub fn approximate(self) -> String {
+        match BINARY_UNITS.iter().find(|(factor, _)| self.0 >= *factor) {
+            Some((factor, unit)) if !self.0.is_multiple_of(*factor) => {
+                format!("{:.1}{unit}", self.0 as f64 / *factor as f64)
+            }
+            _ => self.to_string(),
+        }
+    }
+}
+
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const UNITS: [(u64, &str); 4] = [
-            (1 << 40, "Ti"),
-            (1 << 30, "Gi"),
-            (1 << 20, "Mi"),
-            (1 << 10, "Ki"),
-        ];
-        for (factor, unit) in UNITS {
+        for (factor, unit) in BINARY_UNITS {
             if self.0 >= factor && self.0.is_multiple_of(factor) {
                 return write!(f, "{}{unit}", self.0 / factor);
             }
@@ -139,6 +154,21 @@ impl<'de> serde::Deserialize<'de> for HumanDuration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn approximate_sizes() {
+        for (n, text) in [
+            (0, "0"),
+            (1000, "1000"),
+            (1024, "1Ki"),
+            (1536, "1.5Ki"),
+            (1572864, "1.5Mi"),
+            (256 << 20, "256Mi"),
+            ((1 << 30) + 1, "1.0Gi"),
+        ] {
+            assert_eq!(ByteSize(n).approximate(), text, "{n}");
+        }
+    }
 
     #[test]
     fn sizes() {

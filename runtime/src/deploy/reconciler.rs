@@ -611,6 +611,8 @@ impl Reconciler {
                                 message: failure.message.clone(),
                             }
                         }),
+                        revision: None,
+                        digest: None,
                     })
                     .collect(),
                 error: Some(StatusError {
@@ -875,6 +877,8 @@ impl Reconciler {
                         name: c.name.clone(),
                         state,
                         error: None,
+                        revision: c.revision.clone(),
+                        digest: None,
                     })
                     .collect(),
                 routes: Vec::new(),
@@ -910,6 +914,12 @@ impl Reconciler {
                         name: c.name.clone(),
                         state: DeploymentState::Installed,
                         error: None,
+                        revision: c.revision.clone(),
+                        digest: applied
+                            .pins
+                            .iter()
+                            .find(|p| p.component == c.name)
+                            .map(|p| p.digest.clone()),
                     })
                     .collect(),
                 routes,

@@ -46,6 +46,10 @@ pub struct ComponentStatus {
     pub name: String,
     pub state: DeploymentState,
     pub error: Option<StatusError>,
+    /// `properties.revision` of the document, when it got far enough to be read.
+    pub revision: Option<String>,
+    /// `sha256:<hex>` of the component bytes, once installed.
+    pub digest: Option<String>,
 }
 
 /// How the WFM client's exchange with the fleet manager stands, for `/status`.

@@ -92,16 +92,23 @@ impl AdminState {
             .iter()
             .map(|p| {
                 serde_json::json!({
+                    "id": p.id,
                     "deviceId": p.device_id,
                     "cpu": p.config.cpu,
-                    "memory": { "limit": p.memory.limit(), "used": p.memory.used() },
+                    "memory": {
+                        "limit": p.memory.limit(),
+                        "used": p.memory.used(),
+                        "instanceLimit": p.config.instance_memory(),
+                    },
                     "storage": { "quota": p.config.storage.0, "used": p.storage_used() },
+                    "concurrency": { "limit": p.config.concurrency(), "inUse": p.active_instances() },
                     "activeInstances": p.active_instances(),
                     "throttledSeconds": p.cpu.throttled().as_secs_f64(),
                 })
             })
             .collect();
         let body = serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
             "deviceId": self.device_id,
             "reconciled": snapshot.reconciled,
             "generation": snapshot.generation,
