@@ -172,9 +172,18 @@ pub struct WasmEngine {
 
 /// The settings that shape compiled code, shared by the device's engine and by
 /// `wasmgate compile`, so that code compiled on a build host fits the device exactly.
-/// Everything here is part of [`CodeProfile::fingerprint`].
-pub(crate) fn code_config(profile: &CodeProfile) -> Config {
+/// Everything here is part of [`CodeProfile::fingerprint`]. `target` is the triple to
+/// compile for (`None`: this host's native code).
+pub(crate) fn code_config(
+    profile: &CodeProfile,
+    target: Option<&str>,
+) -> Result<Config, wasmtime::Error> {
     let mut config = Config::new();
+    if let Some(target) = target {
+        // Explicit even where wasmtime would pick Pulley by itself, so that the device and
+        // a build host cross-compiling for it derive the same defaults from the triple.
+        config.target(target)?;
+    }
     config.wasm_component_model(true);
     config.epoch_interruption(true);
     config.max_wasm_stack(MAX_WASM_STACK);
@@ -190,12 +199,18 @@ pub(crate) fn code_config(profile: &CodeProfile) -> Config {
         config.parallel_compilation(true);
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
     }
-    config
+    Ok(config)
 }
 
-fn pooling_config(sizing: PoolSizing) -> Config {
+/// The triple this host's engine compiles for: Pulley's where it interprets
+/// ([`precompiled::PULLEY`]), else none (native code, wasmtime's default).
+pub(crate) fn native_target() -> Option<&'static str> {
+    precompiled::PULLEY.then_some(precompiled::PULLEY_HOST_TRIPLE)
+}
+
+fn pooling_config(sizing: PoolSizing) -> Result<Config, wasmtime::Error> {
     let memory = round_to_page(sizing.max_instance_memory);
-    let mut config = code_config(&code_profile(sizing));
+    let mut config = code_config(&code_profile(sizing), native_target())?;
     let slots = sizing.instances.max(1);
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(slots)
@@ -212,12 +227,12 @@ fn pooling_config(sizing: PoolSizing) -> Config {
         .linear_memory_keep_resident(64 << 10)
         .table_keep_resident(16 << 10);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    config
+    Ok(config)
 }
 
-fn on_demand_config(sizing: PoolSizing) -> Config {
+fn on_demand_config(sizing: PoolSizing) -> Result<Config, wasmtime::Error> {
     // Same code settings as the pool, so compiled code (cached or precompiled) fits both.
-    code_config(&code_profile(sizing))
+    code_config(&code_profile(sizing), native_target())
 }
 
 /// The code this machine's engine runs for partitions of `sizing`.
@@ -261,7 +276,7 @@ impl WasmEngine {
                 "address space is short: the instance pool holds fewer instances than the partitions allow"
             );
         }
-        match Engine::new(&pooling_config(sizing)) {
+        match pooling_config(sizing).and_then(|config| Engine::new(&config)) {
             Ok(engine) => {
                 tracing::info!(
                     instances = sizing.instances,
@@ -293,7 +308,9 @@ impl WasmEngine {
 
     /// An engine with the on-demand allocator (also used by benchmarks as a baseline).
     pub fn on_demand(sizing: PoolSizing) -> Result<Self, EngineError> {
-        let engine = Engine::new(&on_demand_config(sizing)).map_err(EngineError::Config)?;
+        let engine = on_demand_config(sizing)
+            .and_then(|config| Engine::new(&config))
+            .map_err(EngineError::Config)?;
         Ok(Self {
             engine,
             pooling: false,
@@ -432,6 +449,38 @@ mod tests {
         );
         // 32-bit-sized address space: no pool.
         assert_eq!(plan_pool(EXAMPLES, 4 * GIB), None);
+    }
+
+    #[test]
+    fn a_32_bit_address_space_pools_small_memories_only() {
+        // About 3 GiB usable on 32-bit ARM; the examples' 128 MiB memories take about
+        // 516 MiB a slot, so not even the minimal pool fits in half of it: on demand.
+        let va_32_bit = 3 * GIB;
+        assert_eq!(plan_pool(EXAMPLES, va_32_bit), None);
+        // 16 MiB memories (about 67 MiB a slot): a pool of 22 instances.
+        let small = PoolSizing {
+            instances: 64,
+            max_instance_memory: 16 * MIB,
+        };
+        let plan = plan_pool(small, va_32_bit).unwrap();
+        assert_eq!(plan.instances, 22, "{plan:?}");
+        assert!(plan.reserved_bytes() <= va_32_bit / 2);
+    }
+
+    #[test]
+    fn the_engine_interprets_pulley_exactly_when_the_build_says_so() {
+        let engine = WasmEngine::on_demand(PoolSizing {
+            instances: 1,
+            max_instance_memory: 16 * MIB,
+        })
+        .unwrap();
+        assert_eq!(engine.engine.is_pulley(), precompiled::PULLEY);
+        assert_eq!(
+            engine.profile.target.starts_with("pulley"),
+            precompiled::PULLEY,
+            "{}",
+            engine.profile.target
+        );
     }
 
     /// A fake kernel that grants any reservation up to `limit`, counting the probes.

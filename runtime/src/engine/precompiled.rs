@@ -45,6 +45,10 @@ pub enum Arch {
     X86_64,
     #[value(name = "aarch64")]
     Aarch64,
+    /// Pulley bytecode for 32-bit little-endian hosts: what a 32-bit ARM (armv7) device
+    /// runs, since Cranelift has no native backend for it.
+    #[value(name = "pulley32", alias = "armv7")]
+    Pulley32,
 }
 
 impl Arch {
@@ -52,15 +56,47 @@ impl Arch {
         match self {
             Self::X86_64 => "x86_64",
             Self::Aarch64 => "aarch64",
+            Self::Pulley32 => "pulley32",
         }
     }
 
-    /// The Linux triple given to `Config::target` for cross-compilation.
+    /// The triple given to `Config::target` for cross-compilation.
     pub fn triple(self) -> &'static str {
         match self {
             Self::X86_64 => "x86_64-unknown-linux-gnu",
             Self::Aarch64 => "aarch64-unknown-linux-gnu",
+            Self::Pulley32 => "pulley32",
         }
+    }
+}
+
+/// Whether this build runs Pulley bytecode in wasmtime's interpreter instead of native
+/// code: on hosts Cranelift has no backend for (wasmtime's build script picks Pulley by
+/// itself there; the list mirrors it), or when the `pulley` feature asks for it.
+pub const PULLEY: bool = cfg!(any(
+    feature = "pulley",
+    not(any(
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        target_arch = "riscv64",
+        target_arch = "s390x"
+    ))
+));
+
+/// The Pulley target of this host's pointer width: the interpreter only runs bytecode of
+/// its own width and byte order.
+pub const PULLEY_HOST_TRIPLE: &str = if cfg!(target_pointer_width = "32") {
+    "pulley32"
+} else {
+    "pulley64"
+};
+
+/// The architecture part of [`CodeProfile::native`]'s target.
+fn native_code_arch() -> &'static str {
+    if PULLEY {
+        PULLEY_HOST_TRIPLE
+    } else {
+        std::env::consts::ARCH
     }
 }
 
@@ -76,10 +112,10 @@ pub struct CodeProfile {
 }
 
 impl CodeProfile {
-    /// The profile of code for this machine.
+    /// The profile of code for this machine (`pulley32-linux` on 32-bit ARM).
     pub fn native(memory_reservation: u64) -> Self {
         Self {
-            target: format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS),
+            target: format!("{}-{}", native_code_arch(), std::env::consts::OS),
             memory_reservation,
         }
     }
@@ -296,14 +332,10 @@ pub fn compile(
         Some(arch) => CodeProfile::for_arch(arch, memory_reservation),
         None => CodeProfile::native(memory_reservation),
     };
-    let mut config = super::code_config(&profile);
-    if let Some(arch) = arch {
-        config
-            .target(arch.triple())
-            .map_err(|e| PrecompiledError::Compile(format!("{e:#}")))?;
-    }
-    let engine =
-        wasmtime::Engine::new(&config).map_err(|e| PrecompiledError::Compile(format!("{e:#}")))?;
+    let target = arch.map(Arch::triple).or_else(super::native_target);
+    let engine = super::code_config(&profile, target)
+        .and_then(|config| wasmtime::Engine::new(&config))
+        .map_err(|e| PrecompiledError::Compile(format!("{e:#}")))?;
     let code = engine
         .precompile_component(component)
         .map_err(|e| PrecompiledError::Compile(format!("{e:#}")))?;
@@ -433,16 +465,20 @@ mod tests {
         );
     }
 
+    /// The smallest component (the header alone) and its hex sha256.
+    #[cfg(feature = "compiler")]
+    const EMPTY_COMPONENT: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00];
+
     #[cfg(feature = "compiler")]
     #[test]
     fn compiled_files_load_into_the_matching_engine_only() {
-        // The smallest component: the header alone.
-        let component = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00];
+        let component = EMPTY_COMPONENT;
         let memory = 16 << 20;
         let source = hex::encode(Sha256::digest(component));
-        let engine =
-            wasmtime::Engine::new(&super::super::code_config(&CodeProfile::native(memory)))
+        let config =
+            super::super::code_config(&CodeProfile::native(memory), super::super::native_target())
                 .unwrap();
+        let engine = wasmtime::Engine::new(&config).unwrap();
         let (header, file) = compile(&component, None, memory).unwrap();
         assert_eq!(header.profile, CodeProfile::native(memory));
         let code = verify(&file, &source, &CodeProfile::native(memory)).unwrap();
@@ -454,6 +490,33 @@ mod tests {
         if std::env::consts::ARCH != "aarch64" {
             let err = verify(&file, &source, &CodeProfile::native(memory)).unwrap_err();
             assert!(matches!(err, PrecompiledError::Target { .. }), "{err}");
+        }
+    }
+
+    #[cfg(feature = "compiler")]
+    #[test]
+    fn pulley32_files_are_for_32_bit_hosts_only() {
+        let memory = 16 << 20;
+        let source = hex::encode(Sha256::digest(EMPTY_COMPONENT));
+        let (header, file) = compile(&EMPTY_COMPONENT, Some(Arch::Pulley32), memory).unwrap();
+        assert_eq!(header.profile.target, "pulley32-linux");
+        let code = verify(&file, &source, &header.profile).unwrap();
+        if cfg!(target_pointer_width = "64") {
+            // Our header names the mismatch before wasmtime sees the code...
+            let err = verify(&file, &source, &CodeProfile::native(memory)).unwrap_err();
+            assert!(matches!(err, PrecompiledError::Target { .. }), "{err}");
+            // ...and wasmtime itself would not run 32-bit Pulley code on a 64-bit host.
+            let profile = CodeProfile::for_arch(Arch::Pulley32, memory);
+            let config = super::super::code_config(&profile, Some("pulley32")).unwrap();
+            let engine = wasmtime::Engine::new(&config).unwrap();
+            // SAFETY: wasmtime checks the target before mapping; this must be refused.
+            let err = unsafe { wasmtime::component::Component::deserialize(&engine, code) }
+                .map(drop)
+                .unwrap_err();
+            assert!(
+                format!("{err:#}").contains("does not match the host"),
+                "{err:#}"
+            );
         }
     }
 }
