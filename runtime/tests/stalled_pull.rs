@@ -149,7 +149,10 @@ fn a_stalled_pull_does_not_hold_a_local_deployment() {
     }
     let took = started.elapsed();
     // The registry was really asked, and the stalled deployment is still waiting.
-    assert!(registry.connections() >= 1, "the registry was never contacted");
+    assert!(
+        registry.connections() >= 1,
+        "the registry was never contacted"
+    );
     let status = gate.status();
     let stalled = entry(&status, STALLED_ID).unwrap_or_else(|| panic!("{status:#}"));
     assert_eq!(stalled["state"], "pending", "{stalled:#}");
@@ -188,7 +191,10 @@ fn a_stalled_pull_does_not_hold_a_wfm_deployment_or_its_status() {
         m.capabilities().len() == 2
     });
     let started = Instant::now();
-    mock.set_deployments(&[(STALLED_ID, stalled_yaml(&registry)), (HELLO_ID, hello_yaml())]);
+    mock.set_deployments(&[
+        (STALLED_ID, stalled_yaml(&registry)),
+        (HELLO_ID, hello_yaml()),
+    ]);
     let states = |m: &MockWfm, id: &str| -> Vec<String> {
         m.statuses()
             .iter()
@@ -201,9 +207,17 @@ fn a_stalled_pull_does_not_hold_a_wfm_deployment_or_its_status() {
     });
     let took = started.elapsed();
     assert_eq!(gate.get("/hello"), (200, "Hello, world!\n".to_string()));
-    assert!(registry.connections() >= 1, "the registry was never contacted");
+    assert!(
+        registry.connections() >= 1,
+        "the registry was never contacted"
+    );
     // The stalled one was announced as pending and has gone no further.
-    assert_eq!(states(&mock, STALLED_ID), ["pending"], "{:#?}", mock.statuses());
+    assert_eq!(
+        states(&mock, STALLED_ID),
+        ["pending"],
+        "{:#?}",
+        mock.statuses()
+    );
     assert_eq!(
         states(&mock, HELLO_ID),
         ["pending", "installing", "installed"]
