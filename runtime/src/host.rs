@@ -202,7 +202,9 @@ impl Host {
                     match poll.await {
                         Ok(Ok((digest, Some(documents)))) => {
                             last_digest = Some(digest);
-                            self.reconciler.apply(documents).await;
+                            self.reconciler
+                                .apply_for(documents, crate::deploy::INSTALL_PATIENCE)
+                                .await;
                             self.announce(addr);
                         }
                         Ok(Ok((_, None))) => {}
@@ -213,9 +215,15 @@ impl Host {
                             tracing::error!(dir = %dir.display(), error = %err, "the deployments folder watch failed")
                         }
                     }
-                    tokio::select! {
-                        _ = tokio::time::sleep(interval) => {}
+                    // An install that outlived its pass is committed as soon as it is done.
+                    let progressed = tokio::select! {
+                        _ = tokio::time::sleep(interval) => false,
+                        _ = self.reconciler.install_progress() => true,
                         _ = &mut shutdown => break,
+                    };
+                    if progressed {
+                        self.reconciler.advance().await;
+                        self.announce(addr);
                     }
                 }
             }

@@ -263,7 +263,7 @@ impl WfmClient {
         on_applied(reconciler);
         tokio::pin!(shutdown);
         let mut failures = 0u32;
-        loop {
+        'cycles: loop {
             let wait = if self.in_downtime() {
                 // Known downtime: no requests, no retries, errors ignored.
                 self.settings.poll_interval()
@@ -291,9 +291,20 @@ impl WfmClient {
                 }
             };
             on_applied(reconciler);
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = &mut shutdown => break,
+            // Installs that outlived their pass are committed when done; their
+            // statuses go out with the next cycle.
+            let until = tokio::time::Instant::now() + wait;
+            loop {
+                let progressed = tokio::select! {
+                    _ = tokio::time::sleep_until(until) => false,
+                    _ = reconciler.install_progress() => true,
+                    _ = &mut shutdown => break 'cycles,
+                };
+                if !progressed {
+                    break;
+                }
+                reconciler.advance().await;
+                on_applied(reconciler);
             }
         }
         // Stopping: hand the WFM what changed since the last cycle (deployments the
@@ -451,7 +462,9 @@ impl WfmClient {
         if reconciler.pass_due() {
             // Retry failed pulls and collect garbage against the accepted state.
             let desired = self.accepted_documents().await;
-            reconciler.apply(desired).await;
+            reconciler
+                .apply_for(desired, crate::deploy::INSTALL_PATIENCE)
+                .await;
         }
         self.collect_events().await?;
         self.deliver_statuses().await?;
@@ -878,7 +891,9 @@ impl WfmClient {
             .iter()
             .map(|(id, (_, yaml))| self.desired(id, yaml.clone()))
             .collect();
-        reconciler.apply(desired).await;
+        reconciler
+            .apply_for(desired, crate::deploy::INSTALL_PATIENCE)
+            .await;
         self.collect_events().await?;
         self.state
             .accept(Accepted {
