@@ -267,6 +267,7 @@ impl Reconciler {
     }
 
     /// Makes the running set equal to `desired`.
+    #[tracing::instrument(name = "wasmgate.reconcile", skip_all, fields(wasmgate.deployments = desired.len()))]
     pub async fn apply(&mut self, desired: Vec<DesiredDeployment>) {
         let started = Instant::now();
         self.status.set_reconciled(false);
