@@ -226,6 +226,8 @@ fn spans_logs_and_metrics_reach_a_real_receiver() {
             .find(|s| {
                 s.name == "http.request"
                     && attr(&s.attributes, "url.path").as_deref() == Some("/misbehave/ok")
+                    // Not a 404 of the wait for the deployment.
+                    && attr(&s.attributes, "wasmgate.deployment").is_some()
             })
             .cloned()
     });
