@@ -14,7 +14,7 @@ pub mod otlp;
 mod subscriber;
 
 pub use otlp::{OtlpError, OtlpSettings, Pipeline, Signal};
-pub use subscriber::init;
+pub use subscriber::{export_layers, init};
 
 pub use metrics::{
     AotMetrics, FailureKind, Format, Metrics, OciMetrics, OciPull, PartitionSample,

@@ -27,6 +27,34 @@ fn off_the_export_path(target: &str) -> bool {
     })
 }
 
+/// The layers that turn spans into OTLP spans and events into OTLP log records, for
+/// as long as `gate` says so (always, in the binary; the benchmark switches it).
+pub fn export_layers<S>(
+    pipeline: &Pipeline,
+    gate: impl Fn() -> bool + Clone + Send + Sync + 'static,
+) -> impl Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    let on = gate.clone();
+    // Events are log records, not span events: exporting them twice would double the
+    // volume for nothing.
+    let traces = pipeline.tracer().map(|tracer| {
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_filter(filter_fn(move |m| {
+                m.is_span() && off_the_export_path(m.target()) && on()
+            }))
+    });
+    let logs = pipeline.logger_provider().map(|provider| {
+        opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge::new(provider)
+            .with_filter(filter_fn(move |m| {
+                off_the_export_path(m.target()) && gate()
+            }))
+    });
+    traces.and_then(logs)
+}
+
 /// Installs the global subscriber. `WASMGATE_LOG` (an `EnvFilter`) selects what is
 /// logged and exported alike. With `otlp` set and an endpoint known, the pipeline
 /// starts and is returned: the caller shuts it down (flushing) before exiting.
@@ -37,27 +65,11 @@ pub fn init(otlp: Option<&OtlpSettings>) -> Result<Option<Pipeline>, OtlpError> 
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    // Events are log records, not span events: exporting them twice would double the
-    // volume for nothing.
-    let traces = pipeline.as_ref().and_then(Pipeline::tracer).map(|tracer| {
-        tracing_opentelemetry::layer()
-            .with_tracer(tracer)
-            .with_filter(filter_fn(|m| {
-                m.is_span() && off_the_export_path(m.target())
-            }))
-    });
-    let logs = pipeline
-        .as_ref()
-        .and_then(Pipeline::logger_provider)
-        .map(|provider| {
-            opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge::new(provider)
-                .with_filter(filter_fn(|m| off_the_export_path(m.target())))
-        });
+    let export = pipeline.as_ref().map(|p| export_layers(p, || true));
     tracing_subscriber::registry()
         .with(filter)
         .with(stderr)
-        .with(traces)
-        .with(logs)
+        .with(export)
         .init();
     if let Some(p) = &pipeline {
         for (signal, url) in p.endpoints() {
