@@ -52,7 +52,7 @@ where
                 off_the_export_path(m.target()) && gate()
             }))
     });
-    traces.and_then(logs)
+    Layer::and_then(traces, logs)
 }
 
 /// Installs the global subscriber. `WASMGATE_LOG` (an `EnvFilter`) selects what is
