@@ -256,8 +256,9 @@ pub struct DeviceConfig {
     /// Whether the host itself accepts deployments (besides its partitions).
     #[serde(default)]
     pub hosts: bool,
-    /// Whether an OpenTelemetry collector runs on the device (reported as
-    /// `otelCollector`); wasmgate does not bundle one.
+    /// Deprecated (see `[telemetry]`): `true` says an external OpenTelemetry collector
+    /// runs on the device, so `otelCollector` stays `true` with `[telemetry] enabled =
+    /// false`.
     #[serde(default)]
     pub otel_collector: bool,
 }
@@ -338,6 +339,68 @@ pub struct Config {
     /// Per-registry settings, keyed by `HOST` or `HOST:PORT` as in `oci://HOST:PORT/...`.
     #[serde(default)]
     pub registries: BTreeMap<String, RegistryConfig>,
+    /// The OpenTelemetry pipeline: the host is its workloads' collector.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+}
+
+/// OTLP transports `[telemetry] protocol` accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum OtlpProtocol {
+    /// The only one built in: gRPC would add tonic and a second HTTP stack.
+    #[default]
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+}
+
+/// `[telemetry]`: where host spans, logs (host and guest) and metrics are exported.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TelemetryConfig {
+    /// Off: nothing is exported and the capabilities report `otelCollector: false`.
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
+    /// Base URL of an OTLP/HTTP collector (`/v1/traces`, `/v1/metrics`, `/v1/logs` are
+    /// appended). The `OTEL_EXPORTER_OTLP_*ENDPOINT` variables win over it.
+    pub otlp_endpoint: Option<String>,
+    #[serde(default)]
+    pub protocol: OtlpProtocol,
+    /// Period of span / log batches and of the metrics push. Default 5s.
+    pub export_interval: Option<HumanDuration>,
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            otlp_endpoint: None,
+            protocol: OtlpProtocol::default(),
+            export_interval: None,
+        }
+    }
+}
+
+impl TelemetryConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: &str| Err(ConfigError::Invalid(format!("[telemetry] {m}")));
+        if self
+            .export_interval
+            .is_some_and(|d| d.0 < Duration::from_millis(100))
+        {
+            return invalid("export-interval: expected at least 100ms");
+        }
+        match self.otlp_endpoint.as_deref().map(url::Url::parse) {
+            Some(Ok(u)) if !matches!(u.scheme(), "http" | "https") || u.host().is_none() => {
+                invalid("otlp-endpoint: expected an http:// or https:// URL")
+            }
+            Some(Err(e)) => invalid(&format!("otlp-endpoint: {e}")),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// `[artifacts]`: where components come from and how much of them is kept.
@@ -426,6 +489,7 @@ impl Default for Config {
             watch_interval: None,
             artifacts: ArtifactsConfig::default(),
             registries: BTreeMap::new(),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -480,6 +544,24 @@ impl Config {
             .unwrap_or_else(detected_device_id)
     }
 
+    /// What the pipeline needs from the file; `None` when `[telemetry] enabled = false`.
+    pub fn otlp_settings(&self) -> Option<crate::telemetry::OtlpSettings> {
+        self.telemetry
+            .enabled
+            .then(|| crate::telemetry::OtlpSettings {
+                endpoint: self.telemetry.otlp_endpoint.clone(),
+                export_interval: self.telemetry.export_interval.map(|d| d.0),
+                device_id: Some(self.device_id()),
+            })
+    }
+
+    /// Reported as `otelCollector`: the host collects for its workloads unless
+    /// `[telemetry] enabled = false`; the deprecated `[device] otel-collector = true`
+    /// still says an external collector runs on the device.
+    pub fn otel_collector(&self) -> bool {
+        self.telemetry.enabled || self.device.as_ref().is_some_and(|d| d.otel_collector)
+    }
+
     pub fn mode(&self) -> GatewayMode {
         self.device.as_ref().map(|d| d.mode).unwrap_or_default()
     }
@@ -509,6 +591,7 @@ impl Config {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         self.wfm_settings()?;
         self.http.validate()?;
+        self.telemetry.validate()?;
         if self
             .watch_interval
             .is_some_and(|d| d.0 < Duration::from_millis(50))
@@ -837,6 +920,11 @@ mod tests {
             ("[http]\nidle-timeout = \"soon\"", "duration"),
             ("[http]\nmax-connections = 0", "max-connections"),
             ("[http]\nmax-header-size = \"4Mi\"", "max-header-size"),
+            ("[telemetry]\nprotocol = \"grpc\"", "http/protobuf"),
+            ("[telemetry]\notlp-endpoint = \"collector:4318\"", "otlp-endpoint"),
+            ("[telemetry]\notlp-endpoint = \"ftp://c\"", "otlp-endpoint"),
+            ("[telemetry]\nexport-interval = \"1ms\"", "export-interval"),
+            ("[telemetry]\nheaders = 1", "headers"),
         ];
         for (text, needle) in cases {
             let err = Config::parse(text).unwrap_err().to_string();
@@ -845,5 +933,25 @@ mod tests {
                 "{text:?} gave {err:?}, expected mention of {needle}"
             );
         }
+    }
+
+    #[test]
+    fn telemetry_is_on_by_default_and_reports_the_collector() {
+        let config = Config::parse("").unwrap();
+        assert!(config.telemetry.enabled && config.otel_collector());
+        assert!(config.otlp_settings().is_some_and(|s| s.endpoint.is_none()));
+        let off = Config::parse("[telemetry]\nenabled = false").unwrap();
+        assert!(!off.otel_collector() && off.otlp_settings().is_none());
+        // The deprecated key still tells of an external collector.
+        let external =
+            Config::parse("[telemetry]\nenabled = false\n[device]\notel-collector = true").unwrap();
+        assert!(external.otel_collector());
+        let set = Config::parse(
+            "[telemetry]\notlp-endpoint = \"http://127.0.0.1:4318\"\nprotocol = \"http/protobuf\"\nexport-interval = \"2s\"",
+        )
+        .unwrap();
+        let settings = set.otlp_settings().unwrap();
+        assert_eq!(settings.endpoint.as_deref(), Some("http://127.0.0.1:4318"));
+        assert_eq!(settings.export_interval, Some(Duration::from_secs(2)));
     }
 }

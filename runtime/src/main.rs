@@ -16,16 +16,10 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
     }
 }
 
+/// Longest the OTLP pipeline may take per signal to send what is queued at exit.
+const TELEMETRY_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn main() -> anyhow::Result<std::process::ExitCode> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WASMGATE_LOG").unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("info,cranelift=warn,wasmtime=warn")
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
     if let Command::Status {
         admin,
@@ -34,7 +28,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         timeout,
     } = &cli.command
     {
-        // One short exchange: no worker threads needed.
+        // One short exchange: no worker threads, no telemetry pipeline needed.
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -47,21 +41,49 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         ));
         return Ok(code.into());
     }
+    // Read before the subscriber exists: the file says where telemetry goes.
+    let config_path = match &cli.command {
+        Command::Up { config, .. } | Command::Run { config, .. } => config.clone(),
+        #[cfg(feature = "compiler")]
+        Command::Compile { config, .. } => config.clone(),
+        Command::Status { .. } => None,
+    };
+    let loaded = load_config(config_path.as_ref())?;
+    let otlp = match &cli.command {
+        Command::Up { .. } | Command::Run { .. } => loaded.otlp_settings(),
+        _ => None,
+    };
+    let pipeline =
+        wasmgate::telemetry::init(otlp.as_ref()).context("cannot start the OTLP pipeline")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("wasmgate")
         .build()
         .context("cannot start the async runtime")?;
+    let result = run(cli, loaded, &runtime);
+    // Also on SIGTERM: Host::run returns once drained, and what is queued goes out
+    // within a bound.
+    if let Some(pipeline) = pipeline {
+        pipeline.shutdown(TELEMETRY_FLUSH);
+    }
+    result
+}
+
+fn run(
+    cli: Cli,
+    loaded: Config,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<std::process::ExitCode> {
     runtime.block_on(async {
         match cli.command {
             Command::Up {
-                config,
+                config: _,
                 deployments,
                 state_dir,
                 listen,
                 admin,
             } => {
-                let mut config = load_config(config.as_ref())?;
+                let mut config = loaded;
                 if let Some(dir) = state_dir {
                     config.state_dir = dir;
                 }
@@ -86,9 +108,9 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                 component,
                 listen,
                 state_dir,
-                config,
+                config: _,
             } => {
-                let mut config = load_config(config.as_ref())?;
+                let mut config = loaded;
                 if let Some(dir) = state_dir {
                     config.state_dir = dir;
                 }
@@ -103,8 +125,8 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                 component,
                 target,
                 output,
-                config,
-            } => compile(&component, target, output, config.as_ref()),
+                config: _,
+            } => compile(&component, target, output, loaded),
             Command::Status { .. } => unreachable!("handled before the runtime starts"),
         }
     })
@@ -118,9 +140,8 @@ fn compile(
     component: &std::path::Path,
     target: Option<wasmgate::engine::Arch>,
     output: Option<PathBuf>,
-    config: Option<&PathBuf>,
+    config: Config,
 ) -> anyhow::Result<()> {
-    let config = load_config(config)?;
     let progress =
         wasmgate::cli::progress::Progress::stderr(&format!("reading {}", component.display()));
     let repository = component.to_string_lossy();

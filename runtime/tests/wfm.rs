@@ -56,7 +56,6 @@ mode = "{mode}"
 vendor = "Acme"
 model = "EG-1"
 serial = "SN-1"
-otel-collector = true
 labels = {{ site = "north" }}
 
 [[partition]]
@@ -193,6 +192,13 @@ fn rc3_see_thru_capabilities_deploy_update_remove() {
     );
     assert_eq!(sensors["labels"]["tier"], "sensors");
     assert!(sensors["x-wasmgate-extensions"]["witWorlds"].is_array());
+    // The host is its workloads' collector by default (no key in the config), and
+    // says where its telemetry goes: nowhere configured here.
+    assert_eq!(sensors["properties"]["otelCollector"], true);
+    assert_eq!(
+        sensors["x-wasmgate-extensions"]["telemetry"],
+        serde_json::json!({"collector": "wasmgate", "otlp": "none", "protocol": "http/protobuf"})
+    );
     // The parent was reported before any child.
     let puts: Vec<String> = s
         .mock
@@ -769,4 +775,34 @@ fn outside_the_polling_window_only_capabilities_and_statuses_flow() {
         .filter(|r| r.path == "/api/v1/deployments")
         .count();
     assert_eq!(polls, 0, "polled outside the window {window}");
+}
+
+#[test]
+fn telemetry_disabled_reports_no_collector_and_a_strict_wfm_refuses() {
+    let s = setup(Profile::Rc3, "see-thru");
+    let gate = s
+        .sandbox
+        .up(&format!("{}\n[telemetry]\nenabled = false\n", s.config));
+    s.mock
+        .wait_until("the partitions' capabilities refused", WAIT, |m| {
+            m.violations()
+                .iter()
+                .filter(|v| v.contains("properties.otelCollector"))
+                .count()
+                >= 3
+        });
+    // Only the host, which hosts nothing itself, is accepted.
+    assert_eq!(
+        s.mock.capabilities().keys().collect::<Vec<_>>(),
+        vec!["edge-01"]
+    );
+    assert!(
+        gate.stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("Margo requires hosting devices to report otelCollector: true")),
+        "no warning{}",
+        gate.diagnostics()
+    );
 }

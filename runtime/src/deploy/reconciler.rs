@@ -276,6 +276,7 @@ impl Reconciler {
         self.finish(started).await;
     }
 
+    #[tracing::instrument(name = "wasmgate.reconcile", skip_all, fields(wasmgate.deployments = desired.len()))]
     async fn pass(&mut self, desired: Vec<DesiredDeployment>, deadline: Option<Instant>) {
         let started = Instant::now();
         self.status.set_reconciled(false);

@@ -35,7 +35,32 @@ pub struct Ingress {
 }
 
 impl Ingress {
+    /// Serves one request inside its `http.request` span (exported as an OTLP server
+    /// span when traces are): the guest's span and log lines are its children.
     pub async fn handle(&self, request: hyper::Request<Incoming>) -> hyper::Response<ResponseBody> {
+        use tracing::field::Empty;
+        let span = tracing::info_span!(
+            "http.request",
+            otel.kind = "server",
+            http.request.method = %request.method(),
+            url.path = request.uri().path(),
+            wasmgate.deployment = Empty,
+            wasmgate.component = Empty,
+            wasmgate.partition = Empty,
+            wasmgate.instantiate_us = Empty,
+            http.response.status_code = Empty,
+            otel.status_code = Empty,
+        );
+        let response = tracing::Instrument::instrument(self.route(request), span.clone()).await;
+        let status = response.status().as_u16();
+        span.record("http.response.status_code", status);
+        if status >= 500 {
+            span.record("otel.status_code", "ERROR");
+        }
+        response
+    }
+
+    async fn route(&self, request: hyper::Request<Incoming>) -> hyper::Response<ResponseBody> {
         // A declared length is known before a byte of the body is read: refuse it before
         // routing and admission, so it neither reaches a guest nor holds a slot.
         let declared = request.body().size_hint().lower();
@@ -68,7 +93,19 @@ impl Ingress {
             table.lookup(host.as_deref(), request.uri().path()).cloned()
         };
         match workload {
-            Some(workload) => workload.handle_http(request, self.max_body).await,
+            Some(workload) => {
+                let span = tracing::Span::current();
+                span.record(
+                    "wasmgate.deployment",
+                    workload.spec.deployment_name.as_str(),
+                );
+                span.record("wasmgate.component", workload.spec.component.as_str());
+                span.record(
+                    "wasmgate.partition",
+                    workload.spec.partition.device_id.as_str(),
+                );
+                workload.handle_http(request, self.max_body).await
+            }
             None => error_response(
                 404,
                 &format!("no deployment serves {}", request.uri().path()),

@@ -137,7 +137,8 @@ fn hosting_fields(p: &mut Map<String, Value>, profile: Profile, h: Hosting) {
     p.insert("supportedDeploymentTypes".into(), json!(["custom"]));
 }
 
-fn extension(mode: GatewayMode, partition: Option<&PartitionConfig>) -> Value {
+fn extension(config: &Config, partition: Option<&PartitionConfig>) -> Value {
+    let mode = config.mode();
     let mut ext = json!({
         "runtime": "wasmgate",
         "runtimeVersion": env!("CARGO_PKG_VERSION"),
@@ -145,6 +146,7 @@ fn extension(mode: GatewayMode, partition: Option<&PartitionConfig>) -> Value {
         "witWorlds": WIT_WORLDS,
         "supportedDeploymentTypes": ["custom"],
         "mode": match mode { GatewayMode::SeeThru => "see-thru", GatewayMode::Opaque => "opaque" },
+        "telemetry": telemetry(config),
     });
     if let Some(p) = partition {
         ext["partition"] = json!({
@@ -224,12 +226,44 @@ pub fn partition_document(
         profile,
         props,
         Some(labels(config, Some(p))),
-        extension(config.mode(), Some(p)),
+        extension(config, Some(p)),
     )
 }
 
 fn otel(config: &Config) -> bool {
-    config.device.as_ref().is_some_and(|d| d.otel_collector)
+    config.otel_collector()
+}
+
+/// Where the host's telemetry goes: the OTLP URL of each signal (without credentials)
+/// or "none", and who collects for the workloads.
+fn telemetry(config: &Config) -> Value {
+    let collector = if config.telemetry.enabled {
+        "wasmgate"
+    } else if config.otel_collector() {
+        "external"
+    } else {
+        "none"
+    };
+    let mut otlp = Map::new();
+    if config.telemetry.enabled {
+        let endpoints = crate::telemetry::otlp::endpoints(
+            config.telemetry.otlp_endpoint.as_deref(),
+            crate::telemetry::otlp::process_env,
+        );
+        for (signal, url) in endpoints {
+            if let Some(url) = url {
+                otlp.insert(
+                    signal.as_str().into(),
+                    json!(crate::telemetry::otlp::redacted(&url)),
+                );
+            }
+        }
+    }
+    json!({
+        "collector": collector,
+        "otlp": if otlp.is_empty() { json!("none") } else { Value::Object(otlp) },
+        "protocol": "http/protobuf",
+    })
 }
 
 /// Every `(deviceId, document)` to report, parent first.
@@ -265,7 +299,7 @@ pub fn documents(
                     profile,
                     props,
                     Some(labels(config, None)),
-                    extension(config.mode(), None),
+                    extension(config, None),
                 ),
             )];
             for p in &config.partitions {
@@ -313,7 +347,7 @@ pub fn documents(
             }
             vec![(
                 identity.id.clone(),
-                document(profile, props, Some(labels), extension(config.mode(), None)),
+                document(profile, props, Some(labels), extension(config, None)),
             )]
         }
     }

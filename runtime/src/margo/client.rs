@@ -172,10 +172,13 @@ impl WfmClient {
         let reported = state.reported().await;
         let transport = Self::connect(&settings, &state_dir).await?;
         let (once, daily) = settings.downtimes().map_err(anyhow::Error::msg)?;
-        if !config.device.as_ref().is_some_and(|d| d.otel_collector) {
+        if !config.otel_collector() {
             tracing::warn!(
-                "Margo requires hosting devices to report otelCollector: true; set [device] otel-collector = true once an OpenTelemetry collector runs on this device (a strict WFM refuses the capabilities otherwise)"
+                "Margo requires hosting devices to report otelCollector: true; [telemetry] enabled = false turns off the host's collector, so remove it (or set [device] otel-collector = true if another collector runs on this device): a strict WFM refuses the capabilities otherwise"
             );
+        }
+        if config.device.as_ref().is_some_and(|d| d.otel_collector) {
+            tracing::warn!("[device] otel-collector is deprecated: the host is its workloads' collector ([telemetry] enabled, on by default); keep it only to report an external collector with [telemetry] enabled = false");
         }
         let identity = DeviceIdentity::from_config(&config);
         let documents = capabilities::documents(&config, &identity, settings.profile);
@@ -234,13 +237,25 @@ impl WfmClient {
         let Some(transport) = &self.transport else {
             return Err(TransportError::Onboarding("not onboarded yet".into()));
         };
-        let result = transport.send(method, url, headers, body, max_body).await;
+        let span = tracing::info_span!(
+            "wasmgate.wfm.request",
+            otel.kind = "client",
+            wasmgate.wfm.kind = kind,
+            http.request.method = %method,
+            wasmgate.wfm.outcome = tracing::field::Empty,
+        );
+        let result = tracing::Instrument::instrument(
+            transport.send(method, url, headers, body, max_body),
+            span.clone(),
+        )
+        .await;
         let outcome = match &result {
             Ok(r) if r.status == 304 => "not-modified",
             Ok(r) if (200..300).contains(&r.status) => "ok",
             Ok(r) if (400..500).contains(&r.status) => "rejected",
             _ => "error",
         };
+        span.record("wasmgate.wfm.outcome", outcome);
         self.metrics.request(kind, outcome, started.elapsed());
         result
     }
@@ -268,7 +283,15 @@ impl WfmClient {
                 // Known downtime: no requests, no retries, errors ignored.
                 self.settings.poll_interval()
             } else {
-                let result = self.cycle(reconciler).await;
+                let round = tracing::info_span!(
+                    "wasmgate.wfm.sync",
+                    otel.status_code = tracing::field::Empty
+                );
+                let result =
+                    tracing::Instrument::instrument(self.cycle(reconciler), round.clone()).await;
+                if result.is_err() {
+                    round.record("otel.status_code", "ERROR");
+                }
                 self.publish(reconciler, result.as_ref().err());
                 match result {
                     Ok(()) => {

@@ -196,6 +196,11 @@ impl WorkloadFamilies {
             }),
             duration: self.duration.get_or_create_owned(&labels),
             cold_start: self.cold_start.get_or_create_owned(&labels),
+            otlp: super::otlp::WorkloadInstruments::new(
+                &labels.deployment,
+                &labels.component,
+                &labels.partition,
+            ),
             owner: Arc::downgrade(self),
             labels: labels.clone(),
         });
@@ -211,6 +216,8 @@ struct WorkloadSeries {
     failures: [Counter; FailureKind::ALL.len()],
     duration: Histogram,
     cold_start: Histogram,
+    /// The same measurements over OTLP (no-ops while no pipeline exports metrics).
+    otlp: super::otlp::WorkloadInstruments,
     /// Empty for detached handles (benchmarks, unit tests).
     owner: Weak<WorkloadFamilies>,
 }
@@ -261,6 +268,7 @@ impl WorkloadMetrics {
             failures: FailureKind::ALL.map(|_| Counter::default()),
             duration: invocation_histogram(),
             cold_start: cold_start_histogram(),
+            otlp: super::otlp::WorkloadInstruments::new("", "", ""),
             owner: Weak::new(),
         }))
     }
@@ -273,11 +281,14 @@ impl WorkloadMetrics {
             s.failures[kind.index()].inc();
         }
         s.duration.observe(elapsed.as_secs_f64());
+        s.otlp
+            .invocation(elapsed, failure.map_or("ok", FailureKind::as_str));
     }
 
     /// One instantiation of the component.
     pub fn cold_start(&self, elapsed: Duration) {
         self.0.cold_start.observe(elapsed.as_secs_f64());
+        self.0.otlp.cold_start(elapsed);
     }
 
     pub fn invocations(&self) -> u64 {
@@ -678,6 +689,11 @@ impl Metrics {
             "wasmgate_wfm_outbox_depth",
             "Status reports waiting in the durable outbox",
             wfm.outbox.clone(),
+        );
+        r.register(
+            "wasmgate_telemetry_dropped",
+            "Spans, log records and metric streams the OTLP pipeline dropped: its queue was full or the collector failed the export",
+            super::otlp::dropped_family(),
         );
         r.register(
             "wasmgate_wfm_capabilities_refused",

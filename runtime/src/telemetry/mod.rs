@@ -2,11 +2,19 @@
 //! it imports nothing from the rest of the crate, so every other room may record into
 //! it without the data flow turning back.
 //!
-//! Today it holds the Prometheus metrics ([`Metrics`]), rendered by the admin
-//! listener's `/metrics` with the `prometheus-client` crate, which escapes every label
-//! value: a name carrying `"` or a newline cannot forge a series.
+//! It holds the Prometheus metrics ([`Metrics`]), rendered by the admin listener's
+//! `/metrics` with the `prometheus-client` crate, which escapes every label value: a
+//! name carrying `"` or a newline cannot forge a series; and the OTLP pipeline
+//! ([`otlp`], installed by [`init`]): the rest of the crate only opens `tracing` spans
+//! and emits `tracing` events, and this module turns them into OTLP spans and log
+//! records.
 
 mod metrics;
+pub mod otlp;
+mod subscriber;
+
+pub use otlp::{OtlpError, OtlpSettings, Pipeline, Signal};
+pub use subscriber::{export_layers, init};
 
 pub use metrics::{
     AotMetrics, FailureKind, Format, Metrics, OciMetrics, OciPull, PartitionSample,

@@ -118,10 +118,18 @@ impl Workload {
         let workload = self.clone();
         // The guest runs in its own task so it can keep streaming the body after the
         // response head went out; the slot is held until it finishes.
-        let task = self.spec.partition.guests().spawn(async move {
-            let _permit = permit;
-            workload.run_http(proxy, request, head_tx, started).await
-        });
+        // The request's span follows the guest onto the partition's runtime.
+        let task = self
+            .spec
+            .partition
+            .guests()
+            .spawn(tracing::Instrument::instrument(
+                async move {
+                    let _permit = permit;
+                    workload.run_http(proxy, request, head_tx, started).await
+                },
+                tracing::Span::current(),
+            ));
         let response = tokio::select! {
             response = head => response,
             () = slow_body(tripped) => {
@@ -234,10 +242,20 @@ impl Workload {
             let instance = self
                 .timed_instantiate(proxy.instantiate_async(&mut store))
                 .await?;
-            instance
-                .wasi_http_incoming_handler()
-                .call_handle(&mut store, req, out)
-                .await
+            // The handler's own span: its log lines and output are tied to it.
+            let guest = tracing::info_span!(
+                "wasmgate.guest",
+                wasmgate.deployment = %self.spec.deployment_name,
+                wasmgate.component = %self.spec.component,
+                wasmgate.partition = %self.spec.partition.device_id,
+            );
+            tracing::Instrument::instrument(
+                instance
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, req, out),
+                guest,
+            )
+            .await
         };
         let result = match tokio::time::timeout(grace, call).await {
             Ok(Ok(())) => Ok(()),

@@ -321,7 +321,10 @@ impl Workload {
     async fn timed_instantiate<T>(&self, instantiate: impl std::future::Future<Output = T>) -> T {
         let started = Instant::now();
         let instance = instantiate.await;
-        self.metrics.cold_start(started.elapsed());
+        let elapsed = started.elapsed();
+        self.metrics.cold_start(elapsed);
+        // On the request's span when there is one (a no-op otherwise).
+        tracing::Span::current().record("wasmgate.instantiate_us", elapsed.as_micros() as u64);
         instance
     }
 

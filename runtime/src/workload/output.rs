@@ -50,6 +50,7 @@ impl StdoutStream for GuestOutput {
         Box::new(LineWriter {
             out: self.clone(),
             pending: Lines::default(),
+            span: tracing::Span::current(),
         })
     }
 }
@@ -59,13 +60,16 @@ impl StdoutStream for GuestOutput {
 struct LineWriter {
     out: GuestOutput,
     pending: Lines,
+    /// The guest's span when it opened the stream: wasmtime-wasi writes from its own
+    /// task, outside it, and a line must still carry the request's trace id.
+    span: tracing::Span,
 }
 
 impl LineWriter {
-    fn emit(out: &GuestOutput, bytes: &[u8]) {
+    fn emit(out: &GuestOutput, span: &tracing::Span, bytes: &[u8]) {
         let line = String::from_utf8_lossy(bytes);
         let line = line.strip_suffix('\r').unwrap_or(&line);
-        out.log.emit(out.level, out.stream, line);
+        span.in_scope(|| out.log.emit(out.level, out.stream, line));
     }
 }
 
@@ -118,7 +122,8 @@ impl tokio::io::AsyncWrite for LineWriter {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        this.pending.push(buf, |line| Self::emit(&this.out, line));
+        this.pending
+            .push(buf, |line| Self::emit(&this.out, &this.span, line));
         Poll::Ready(Ok(buf.len()))
     }
 
@@ -128,15 +133,16 @@ impl tokio::io::AsyncWrite for LineWriter {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        this.pending.finish(|line| Self::emit(&this.out, line));
+        this.pending
+            .finish(|line| Self::emit(&this.out, &this.span, line));
         Poll::Ready(Ok(()))
     }
 }
 
 impl Drop for LineWriter {
     fn drop(&mut self) {
-        let out = &self.out;
-        self.pending.finish(|line| Self::emit(out, line));
+        let (out, span) = (&self.out, &self.span);
+        self.pending.finish(|line| Self::emit(out, span, line));
     }
 }
 
