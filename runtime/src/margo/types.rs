@@ -276,7 +276,7 @@ impl Problem {
             "https://margo.org/docs/errors/",
         ] {
             if let Some(name) = kind.strip_prefix(namespace) {
-                return (!name.is_empty()).then_some(name);
+                return is_problem_name(name).then_some(name);
             }
         }
         None
@@ -361,6 +361,16 @@ pub struct ErrorReport {
     pub code: String,
     pub source: String,
     pub message: String,
+}
+
+/// Margo's problem type names are kebab-case words (`gateway-not-found`). Anything else
+/// after a known namespace (a second `#`, a path, spaces) is not a Margo type, so the
+/// body is classified by its HTTP status like any unknown type.
+fn is_problem_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 #[cfg(test)]
@@ -460,5 +470,16 @@ mod problem_tests {
         // Vendor types under another domain are not Margo's.
         let p = problem("https://vendor.example/problems#gateway-not-found");
         assert_eq!(p.margo_type(), None);
+        // Found by the wfm_response fuzz target: a known namespace followed by more than
+        // a name (a second '#', spaces, a path) is no Margo type.
+        for kind in [
+            "https://docs.margo.org/specification/problem-types#gateway-not-found#x",
+            "https://docs.margo.org/specification/problem-types#no gateway was found",
+            "https://margo.org/problems/semantic-error/extra",
+            "https://docs.margo.org/specification/problem-types#",
+        ] {
+            assert_eq!(problem(kind).margo_type(), None, "{kind}");
+            assert_eq!(problem(kind).class(404), ProblemClass::NotFound, "{kind}");
+        }
     }
 }
