@@ -35,6 +35,18 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// Runs the file I/O of `op` on a blocking thread: a read of a small file or an fsync
+/// must not hold an async worker either (the ingress shares them).
+pub async fn unblocked<T, F>(op: F) -> std::io::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> std::io::Result<T> + Send + 'static,
+{
+    tokio::task::spawn_blocking(op)
+        .await
+        .map_err(std::io::Error::other)?
+}
+
 /// Writes `bytes` to a temporary file next to `path`, fsyncs it, renames it over
 /// `path` and fsyncs the directory so the rename itself survives a power cut.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

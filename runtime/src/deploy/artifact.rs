@@ -13,9 +13,9 @@
 
 use super::model::ComponentSpec;
 use super::oci::{parse_reference, ComponentRef, OciError, OciErrorKind, OciFetcher, OciSettings};
-use super::store::{sha256_hex, BlobStore, Pin};
+use super::store::{BlobStore, Pin};
 use crate::fsutil::{self, BoundedReadError};
-use sha2::{Digest, Sha256};
+use crate::types::sha256_hex;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -175,7 +175,7 @@ fn load_local_limited(
         });
     }
     let precompiled = load_shipped(repository, &path, limit)?;
-    let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+    let digest = crate::types::Digest::of(&bytes).to_string();
     Ok(Artifact {
         bytes: bytes.into(),
         digest,

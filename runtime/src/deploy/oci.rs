@@ -16,9 +16,10 @@
 //! `Docker-Content-Digest`), every layer is hashed while it streams into the blob store
 //! and lands there only when its sha256 matches the manifest.
 
-use super::store::{sha256_hex, BlobStore, BlobWriteError, BlobWriter};
+use super::store::{BlobStore, BlobWriteError, BlobWriter};
 use crate::config::{RegistryConfig, RegistryProtocol};
 use crate::telemetry::{OciMetrics, OciPull};
+use crate::types::sha256_hex;
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::OciDescriptor;

@@ -173,7 +173,7 @@ impl Reconciler {
             metrics: self.metrics.oci.clone(),
         };
         let artifacts = Arc::new(Artifacts::open(&state_dir.join("artifacts"), settings)?);
-        self.records = Records::open(AppliedStore::open(state_dir.join("deployments"))?);
+        self.records = Records::open(AppliedStore::open(state_dir.join("deployments"))?)?;
         let policy = GcPolicy {
             quota: config.artifacts.cache_quota(),
             grace: config.artifacts.gc_grace(),
@@ -344,6 +344,7 @@ impl Reconciler {
         self.publish_routes();
         let applied = &self.applied;
         self.records.sync(|id| applied.contains_key(id));
+        self.records.flush().await;
         self.hold_running();
         self.next_gc = self.installer.gc.collect().await;
         self.status.set_reconciled(self.in_flight.is_empty());
@@ -357,7 +358,7 @@ impl Reconciler {
     /// whose document is unchanged need nothing: their pins make the normal pass skip
     /// the registry lookup.
     async fn restore(&mut self, desired: &[DesiredDeployment]) {
-        self.records.load();
+        self.records.load().await;
         self.hold_running();
         let mut order = Vec::new();
         for record in self.records.stale(desired) {

@@ -15,18 +15,13 @@
 
 use crate::engine::AotCache;
 use crate::fsutil::{AtomicFile, StateDir, StateError};
+use crate::types::sha256_of;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
-
-/// `sha256:<hex>` -> `<hex>` when it is a well-formed sha256 digest.
-pub fn sha256_hex(digest: &str) -> Option<&str> {
-    let hex = digest.strip_prefix("sha256:")?;
-    (hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))).then_some(hex)
-}
 
 /// Content-addressed component bytes.
 #[derive(Debug, Clone)]
@@ -72,7 +67,7 @@ impl BlobStore {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(err) => return Err(err),
         };
-        let actual = hex::encode(Sha256::digest(&bytes));
+        let actual = sha256_of(&bytes);
         if actual != hex {
             tracing::warn!(path = %path.display(), expected = %hex, %actual,
                 "discarding corrupt artifact (sha256 mismatch); it will be fetched again");
@@ -91,7 +86,7 @@ impl BlobStore {
 
     /// Stores `bytes` (already in memory) unless an intact copy is there.
     pub fn insert(&self, bytes: &[u8]) -> std::io::Result<String> {
-        let hex = hex::encode(Sha256::digest(bytes));
+        let hex = sha256_of(bytes);
         let path = self.path(&hex);
         if crate::fsutil::sha256_file(&path).is_ok_and(|actual| actual == hex) {
             touch(&path);
@@ -224,7 +219,7 @@ pub struct AppliedRecord {
 
 /// `sha256:<hex>` of a deployment document's bytes.
 pub fn document_digest(yaml: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(yaml)))
+    crate::types::Digest::of(yaml).to_string()
 }
 
 /// The applied deployments, one record per deployment id.
@@ -396,7 +391,7 @@ mod tests {
     fn blobs_are_verified_on_write_and_load() {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::open(dir.path()).unwrap();
-        let hex = hex::encode(Sha256::digest(b"component"));
+        let hex = sha256_of(b"component");
 
         let mut w = store.writer(&hex).unwrap();
         w.write(b"compo").unwrap();
@@ -405,7 +400,7 @@ mod tests {
         assert_eq!(store.load(&hex).unwrap().unwrap(), b"component");
 
         // A writer fed the wrong bytes stores nothing.
-        let other = hex::encode(Sha256::digest(b"other"));
+        let other = sha256_of(b"other");
         let mut w = store.writer(&other).unwrap();
         w.write(b"not other").unwrap();
         assert!(matches!(w.finish(), Err(BlobWriteError::Digest { .. })));
@@ -492,10 +487,5 @@ mod tests {
         std::fs::write(&path, raw).unwrap();
         assert!(store.load_all().is_empty());
         assert!(store.ids().is_empty());
-        assert_eq!(
-            sha256_hex(&record.pins[0].digest),
-            Some("a".repeat(64).as_str())
-        );
-        assert_eq!(sha256_hex("sha256:xyz"), None);
     }
 }

@@ -17,7 +17,7 @@
 //! a complete entry or none.
 
 use crate::telemetry::AotMetrics;
-use sha2::{Digest, Sha256};
+use crate::types::{is_sha256_hex, sha256_of};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 use wasmtime::component::Component;
@@ -91,10 +91,6 @@ pub struct AotEntry {
     pub used: SystemTime,
 }
 
-fn is_hex64(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
 /// `(component hex, fingerprint, entry hex)` of a cache file name.
 fn parse_name(name: &str) -> Option<(&str, &str, &str)> {
     let stem = name.strip_suffix(".cwasm")?;
@@ -102,7 +98,7 @@ fn parse_name(name: &str) -> Option<(&str, &str, &str)> {
     let component = parts.next()?;
     let fingerprint = parts.next()?;
     let entry = parts.next()?;
-    (is_hex64(component) && !fingerprint.is_empty() && is_hex64(entry)).then_some((
+    (is_sha256_hex(component) && !fingerprint.is_empty() && is_sha256_hex(entry)).then_some((
         component,
         fingerprint,
         entry,
@@ -168,7 +164,7 @@ impl AotCache {
         engine: &Engine,
         bytes: &[u8],
     ) -> Result<(Component, AotOutcome), AotError> {
-        let digest = hex::encode(Sha256::digest(bytes));
+        let digest = sha256_of(bytes);
         if let Some(component) = self.lookup(engine, &digest) {
             return Ok((component, AotOutcome::Loaded));
         }
@@ -191,7 +187,7 @@ impl AotCache {
             path: shipped.path.to_owned(),
             source,
         };
-        let digest = hex::encode(Sha256::digest(bytes));
+        let digest = sha256_of(bytes);
         let code =
             super::precompiled::verify(shipped.bytes, &digest, &engine.profile).map_err(refused)?;
         // SAFETY: `code` carries the sha256 recorded when `wasmgate compile` produced it
@@ -213,7 +209,7 @@ impl AotCache {
 
     /// The cache entry holding exactly `code` for the component `digest_hex`, if any.
     fn lookup_path(&self, digest_hex: &str, code: &[u8]) -> Option<PathBuf> {
-        let sum = hex::encode(Sha256::digest(code));
+        let sum = sha256_of(code);
         self.candidates(digest_hex)
             .into_iter()
             .find_map(|(path, entry)| (entry == sum).then_some(path))
@@ -295,7 +291,7 @@ impl AotCache {
     }
 
     fn store(&self, digest_hex: &str, bytes: &[u8]) -> Result<(), AotError> {
-        let sum = hex::encode(Sha256::digest(bytes));
+        let sum = sha256_of(bytes);
         let path = self
             .dir
             .join(format!("{digest_hex}-{}-{sum}.cwasm", self.fingerprint));
@@ -363,7 +359,7 @@ mod tests {
         assert!(entries[0].current_engine);
         assert_eq!(
             entries[0].component.as_deref(),
-            Some(hex::encode(Sha256::digest(bytes)).as_str())
+            Some(sha256_of(bytes).as_str())
         );
 
         // Flip a byte in the middle: the checksum catches it, the entry is replaced.

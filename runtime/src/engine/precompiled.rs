@@ -26,6 +26,7 @@
 //! channel as trusted as the wasmgate binary itself.
 
 use super::{MAX_WASM_STACK, MEMORY_GUARD};
+use crate::types::{is_sha256_hex, sha256_of};
 use sha2::{Digest, Sha256};
 use std::fmt;
 
@@ -185,7 +186,7 @@ impl Header {
             profile: profile.clone(),
             wasmtime: WASMTIME_VERSION.to_owned(),
             fingerprint: profile.fingerprint(),
-            artifact: hex::encode(Sha256::digest(code)),
+            artifact: sha256_of(code),
         }
     }
 }
@@ -210,10 +211,6 @@ pub fn encode(header: &Header, code: &[u8]) -> Vec<u8> {
     let mut out = header.to_string().into_bytes();
     out.extend_from_slice(code);
     out
-}
-
-fn is_hex64(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Splits a precompiled file into its header and code, without judging either.
@@ -241,7 +238,7 @@ pub fn parse(file: &[u8]) -> Result<(Header, &[u8]), PrecompiledError> {
     let digest = |value: &str| {
         value
             .strip_prefix("sha256:")
-            .filter(|hex| is_hex64(hex))
+            .filter(|hex| is_sha256_hex(hex))
             .map(str::to_owned)
             .ok_or(PrecompiledError::Format("a digest is not sha256:<64 hex>"))
     };
@@ -277,7 +274,7 @@ pub fn verify<'a>(
     profile: &CodeProfile,
 ) -> Result<&'a [u8], PrecompiledError> {
     let (header, code) = parse(file)?;
-    let actual = hex::encode(Sha256::digest(code));
+    let actual = sha256_of(code);
     if actual != header.artifact {
         return Err(PrecompiledError::Tampered {
             recorded: header.artifact,
@@ -339,7 +336,7 @@ pub fn compile(
     let code = engine
         .precompile_component(component)
         .map_err(|e| PrecompiledError::Compile(format!("{e:#}")))?;
-    let source = hex::encode(Sha256::digest(component));
+    let source = sha256_of(component);
     let header = Header::new(&source, &profile, &code);
     let file = encode(&header, &code);
     Ok((header, file))
@@ -474,7 +471,7 @@ mod tests {
     fn compiled_files_load_into_the_matching_engine_only() {
         let component = EMPTY_COMPONENT;
         let memory = 16 << 20;
-        let source = hex::encode(Sha256::digest(component));
+        let source = sha256_of(component);
         let config =
             super::super::code_config(&CodeProfile::native(memory), super::super::native_target())
                 .unwrap();
@@ -497,7 +494,7 @@ mod tests {
     #[test]
     fn pulley32_files_are_for_32_bit_hosts_only() {
         let memory = 16 << 20;
-        let source = hex::encode(Sha256::digest(EMPTY_COMPONENT));
+        let source = sha256_of(EMPTY_COMPONENT);
         let (header, file) = compile(&EMPTY_COMPONENT, Some(Arch::Pulley32), memory).unwrap();
         assert_eq!(header.profile.target, "pulley32-linux");
         let code = verify(&file, &source, &header.profile).unwrap();

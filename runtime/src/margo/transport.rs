@@ -115,44 +115,12 @@ impl Transport {
         }
         let profile = match settings.profile {
             Profile::Rc3 => {
-                let svid_cert = settings.svid_cert.clone().expect("validated");
-                let svid_key = settings.svid_key.clone().expect("validated");
-                let discovery = match (&settings.discovery_url, &settings.pinned_ca) {
-                    (Some(url), Some(pinned)) => {
-                        let mut roots = rustls::RootCertStore::empty();
-                        for cert in tls::read_certs("pinned CA", pinned)? {
-                            roots
-                                .add(cert)
-                                .map_err(|e| TlsError::Config(format!("pinned CA: {e}")))?;
-                        }
-                        Some(Discovery {
-                            url: url.clone(),
-                            tls: tls::rc2_client_config(roots)?,
-                            next_refresh: Mutex::new(None),
-                            saved: state_dir.join("trust-bundle.json"),
-                        })
-                    }
-                    _ => None,
-                };
-                let rc3 = Rc3 {
-                    discovery,
-                    svid_cert,
-                    svid_key,
-                    trust_file: settings.trust_bundle.clone(),
-                    anchors: TrustAnchors::new(Vec::new()),
-                    bundle_sequence: Mutex::new(None),
-                    cached: Mutex::new(None),
-                    identity: Mutex::new(None),
-                };
-                if rc3.trust_file.is_some() {
-                    rc3.reload_trust_file()?;
-                } else if let Ok(bytes) = std::fs::read(state_dir.join("trust-bundle.json")) {
-                    // Offline start: the last bundle fetched through discovery.
-                    if let Ok(bundle) = TrustBundle::parse(&bytes) {
-                        rc3.accept_bundle(bundle)?;
-                    }
-                }
-                rc3.client_config()?;
+                // Reads certificate, key and bundle files (and may be slow on a busy
+                // SD card): off the async workers the ingress shares.
+                let (settings, state_dir) = (settings.clone(), state_dir.to_owned());
+                let rc3 = tokio::task::spawn_blocking(move || Rc3::open(&settings, &state_dir))
+                    .await
+                    .map_err(state_err)??;
                 Profiled::Rc3(Box::new(rc3))
             }
             Profile::Rc2 => Profiled::Rc2(Rc2::onboard(settings, &base, state_dir).await?),
@@ -238,7 +206,7 @@ impl Transport {
             return Ok(());
         };
         let Some(discovery) = &rc3.discovery else {
-            return self.refresh_trust_file();
+            return self.refresh_trust_file().await;
         };
         let due = discovery
             .next_refresh
@@ -288,7 +256,10 @@ impl Transport {
             .map(std::time::Duration::from_secs)
             .unwrap_or(DEFAULT_BUNDLE_REFRESH);
         if rc3.accept_bundle(bundle)? {
-            crate::fsutil::write_atomic(&discovery.saved, &bytes).map_err(state_err)?;
+            let saved = discovery.saved.clone();
+            crate::fsutil::unblocked(move || crate::fsutil::write_atomic(&saved, &bytes))
+                .await
+                .map_err(state_err)?;
             tracing::info!(
                 anchors = rc3.anchors.len(),
                 "trust bundle refreshed through discovery"
@@ -302,10 +273,17 @@ impl Transport {
     }
 
     /// Re-reads a file trust bundle (an unchanged one changes nothing).
-    pub fn refresh_trust_file(&self) -> Result<(), TransportError> {
-        if let Profiled::Rc3(rc3) = &self.profile {
-            rc3.reload_trust_file()?;
-        }
+    async fn refresh_trust_file(&self) -> Result<(), TransportError> {
+        let Profiled::Rc3(rc3) = &self.profile else {
+            return Ok(());
+        };
+        let Some(file) = rc3.trust_file.clone() else {
+            return Ok(());
+        };
+        let bytes = tokio::task::spawn_blocking(move || read_trust_file(&file))
+            .await
+            .map_err(state_err)??;
+        rc3.accept_bundle(TrustBundle::parse(&bytes)?)?;
         Ok(())
     }
 
@@ -330,7 +308,59 @@ impl Transport {
     }
 }
 
+fn read_trust_file(file: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(file).map_err(|e| TlsError::Read {
+        what: "trust bundle",
+        path: file.display().to_string(),
+        message: e.to_string(),
+    })
+}
+
 impl Rc3 {
+    /// The rc3 transport for `settings`: SVID, trust bundle (the file, or the last one
+    /// fetched through discovery, for an offline start). Blocking file I/O.
+    fn open(settings: &WfmSettings, state_dir: &Path) -> Result<Self, TransportError> {
+        let svid_cert = settings.svid_cert.clone().expect("validated");
+        let svid_key = settings.svid_key.clone().expect("validated");
+        let discovery = match (&settings.discovery_url, &settings.pinned_ca) {
+            (Some(url), Some(pinned)) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in tls::read_certs("pinned CA", pinned)? {
+                    roots
+                        .add(cert)
+                        .map_err(|e| TlsError::Config(format!("pinned CA: {e}")))?;
+                }
+                Some(Discovery {
+                    url: url.clone(),
+                    tls: tls::rc2_client_config(roots)?,
+                    next_refresh: Mutex::new(None),
+                    saved: state_dir.join("trust-bundle.json"),
+                })
+            }
+            _ => None,
+        };
+        let rc3 = Rc3 {
+            discovery,
+            svid_cert,
+            svid_key,
+            trust_file: settings.trust_bundle.clone(),
+            anchors: TrustAnchors::new(Vec::new()),
+            bundle_sequence: Mutex::new(None),
+            cached: Mutex::new(None),
+            identity: Mutex::new(None),
+        };
+        if rc3.trust_file.is_some() {
+            rc3.reload_trust_file()?;
+        } else if let Ok(bytes) = std::fs::read(state_dir.join("trust-bundle.json")) {
+            // Offline start: the last bundle fetched through discovery.
+            if let Ok(bundle) = TrustBundle::parse(&bytes) {
+                rc3.accept_bundle(bundle)?;
+            }
+        }
+        rc3.client_config()?;
+        Ok(rc3)
+    }
+
     /// The TLS configuration for the current SVID files; rebuilt when they change on
     /// disk (renewal), so the next connection presents the new SVID.
     fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, TlsError> {
@@ -365,12 +395,7 @@ impl Rc3 {
         let Some(file) = &self.trust_file else {
             return Ok(());
         };
-        let bytes = std::fs::read(file).map_err(|e| TlsError::Read {
-            what: "trust bundle",
-            path: file.display().to_string(),
-            message: e.to_string(),
-        })?;
-        self.accept_bundle(TrustBundle::parse(&bytes)?)?;
+        self.accept_bundle(TrustBundle::parse(&read_trust_file(file)?)?)?;
         Ok(())
     }
 
@@ -397,6 +422,27 @@ impl Rc3 {
     }
 }
 
+/// The rc2 client certificate and key (PEM), checked and read; the state directory
+/// made. Blocking file I/O.
+fn read_client_files(
+    cert_path: &Path,
+    key_path: &Path,
+    state_dir: &Path,
+) -> Result<(String, String), TransportError> {
+    tls::check_key_file("client key", key_path)?;
+    let read = |what: &'static str, path: &Path| {
+        std::fs::read_to_string(path).map_err(|e| TlsError::Read {
+            what,
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
+    };
+    let cert_pem = read("client certificate", cert_path)?;
+    let key_pem = read("client key", key_path)?;
+    std::fs::create_dir_all(state_dir).map_err(state_err)?;
+    Ok((cert_pem, key_pem))
+}
+
 impl Rc2 {
     async fn onboard(
         settings: &WfmSettings,
@@ -405,27 +451,28 @@ impl Rc2 {
     ) -> Result<Self, TransportError> {
         let cert_path = settings.client_cert.clone().expect("validated");
         let key_path = settings.client_key.clone().expect("validated");
-        tls::check_key_file("client key", &key_path)?;
-        let cert_pem = std::fs::read_to_string(&cert_path).map_err(|e| TlsError::Read {
-            what: "client certificate",
-            path: cert_path.display().to_string(),
-            message: e.to_string(),
-        })?;
-        let key_pem = std::fs::read_to_string(&key_path).map_err(|e| TlsError::Read {
-            what: "client key",
-            path: key_path.display().to_string(),
-            message: e.to_string(),
-        })?;
+        let (cert_pem, key_pem) = {
+            let (cert_path, key_path, state_dir) =
+                (cert_path.clone(), key_path.clone(), state_dir.to_owned());
+            tokio::task::spawn_blocking(move || {
+                read_client_files(&cert_path, &key_path, &state_dir)
+            })
+            .await
+            .map_err(state_err)??
+        };
         let key = SecretKey::from_pem(&AlgorithmName::EcdsaP256Sha256, &key_pem).map_err(|e| {
             TransportError::Signing(format!(
                 "client key {} is not an EC P-256 key: {e}",
                 key_path.display()
             ))
         })?;
-        std::fs::create_dir_all(state_dir).map_err(state_err)?;
         let tls = Self::root_config(settings, base, state_dir).await?;
         let id_file = state_dir.join("client-id");
-        let client_id = match std::fs::read_to_string(&id_file) {
+        let read = {
+            let id_file = id_file.clone();
+            crate::fsutil::unblocked(move || std::fs::read_to_string(id_file)).await
+        };
+        let client_id = match read {
             Ok(id) if !id.trim().is_empty() => id.trim().to_owned(),
             _ => {
                 let url = base.join("api/v1/onboarding").map_err(state_err)?;
@@ -459,7 +506,12 @@ impl Rc2 {
                         TransportError::Onboarding("reply has no URL-safe clientId".into())
                     })?
                     .to_owned();
-                crate::fsutil::write_atomic_private(&id_file, id.as_bytes()).map_err(state_err)?;
+                let written = id.clone();
+                crate::fsutil::unblocked(move || {
+                    crate::fsutil::write_atomic_private(&id_file, written.as_bytes())
+                })
+                .await
+                .map_err(state_err)?;
                 tracing::info!(client_id = %id, "onboarded with the WFM");
                 id
             }
@@ -479,12 +531,19 @@ impl Rc2 {
         state_dir: &Path,
     ) -> Result<Arc<rustls::ClientConfig>, TransportError> {
         let saved = state_dir.join("root-ca.pem");
-        let path = settings
-            .root_ca
-            .clone()
-            .or_else(|| saved.exists().then(|| saved.clone()));
-        let certs = match path {
-            Some(path) => tls::read_certs("root CA", &path)?,
+        let known = {
+            let (configured, saved) = (settings.root_ca.clone(), saved.clone());
+            tokio::task::spawn_blocking(move || {
+                match configured.or_else(|| saved.exists().then_some(saved)) {
+                    Some(path) => tls::read_certs("root CA", &path).map(Some),
+                    None => Ok(None),
+                }
+            })
+            .await
+            .map_err(state_err)??
+        };
+        let certs = match known {
+            Some(certs) => certs,
             None => {
                 let mut public = rustls::RootCertStore::empty();
                 public.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -506,8 +565,13 @@ impl Rc2 {
                     .ok_or_else(|| {
                         TransportError::Onboarding("root CA reply has no base64 certificate".into())
                     })?;
-                crate::fsutil::write_atomic(&saved, &pem).map_err(state_err)?;
-                tls::read_certs("root CA", &saved)?
+                tokio::task::spawn_blocking(move || {
+                    crate::fsutil::write_atomic(&saved, &pem)
+                        .map_err(state_err)
+                        .and_then(|()| Ok(tls::read_certs("root CA", &saved)?))
+                })
+                .await
+                .map_err(state_err)??
             }
         };
         let mut roots = rustls::RootCertStore::empty();

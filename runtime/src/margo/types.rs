@@ -2,68 +2,13 @@
 //! at the edge into types that only hold valid values (`Digest`, `ManifestVersion`);
 //! outgoing ones serialize exactly the rc.3 shapes.
 
+pub use crate::types::{Digest, DigestError};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
-use std::fmt;
 
 /// Media type of the state manifest.
 pub const MANIFEST_MEDIA_TYPE: &str = "application/vnd.margo.manifest.v1+json";
 /// Media type of a deployment bundle.
 pub const BUNDLE_MEDIA_TYPE: &str = "application/vnd.margo.bundle.v1+tar+gzip";
-
-/// A `sha256:<64 lowercase hex>` digest over exact bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Digest(String);
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DigestError {
-    #[error("digest {0:?} uses an unsupported algorithm; only sha256 is allowed")]
-    UnsupportedAlgorithm(String),
-    #[error("digest {0:?} is malformed; expected sha256: followed by 64 lowercase hex characters")]
-    Malformed(String),
-}
-
-impl Digest {
-    pub fn parse(text: &str) -> Result<Self, DigestError> {
-        let Some((algorithm, hex)) = text.split_once(':') else {
-            return Err(DigestError::Malformed(text.into()));
-        };
-        if algorithm != "sha256" {
-            return Err(DigestError::UnsupportedAlgorithm(text.into()));
-        }
-        if hex.len() != 64
-            || !hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
-            return Err(DigestError::Malformed(text.into()));
-        }
-        Ok(Self(text.to_owned()))
-    }
-
-    pub fn of(bytes: &[u8]) -> Self {
-        Self(format!("sha256:{}", hex::encode(Sha256::digest(bytes))))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// The hex part, for file names.
-    pub fn hex(&self) -> &str {
-        &self.0["sha256:".len()..]
-    }
-
-    pub fn matches(&self, bytes: &[u8]) -> bool {
-        Self::of(bytes) == *self
-    }
-}
-
-impl fmt::Display for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 /// `manifestVersion`: an integer 1 ..= 2^64-1 (JSON number; fractions and negatives rejected).
 pub type ManifestVersion = u64;

@@ -3,8 +3,9 @@
 //! are about to use counts as referenced until they finish or are abandoned.
 
 use super::report::Failure;
-use crate::deploy::store::{collect_garbage, sha256_hex, BlobStore, GcPolicy, Pin};
+use crate::deploy::store::{collect_garbage, BlobStore, GcPolicy, Pin};
 use crate::engine::AotCache;
+use crate::types::sha256_hex;
 use crate::units::ByteSize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};

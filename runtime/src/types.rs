@@ -1,0 +1,107 @@
+//! Spec concepts as values that can only be valid, shared by every room (a leaf: it
+//! imports nothing of the crate). The string forms stay at the edges: files, wire
+//! documents and names on disk are parsed here once.
+
+use sha2::{Digest as _, Sha256};
+use std::fmt;
+
+/// A `sha256:<64 lowercase hex>` digest over exact bytes (OCI, Margo and our own
+/// stores all use this form).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DigestError {
+    #[error("digest {0:?} uses an unsupported algorithm; only sha256 is allowed")]
+    UnsupportedAlgorithm(String),
+    #[error("digest {0:?} is malformed; expected sha256: followed by 64 lowercase hex characters")]
+    Malformed(String),
+}
+
+impl Digest {
+    pub fn parse(text: &str) -> Result<Self, DigestError> {
+        let Some((algorithm, hex)) = text.split_once(':') else {
+            return Err(DigestError::Malformed(text.into()));
+        };
+        if algorithm != "sha256" {
+            return Err(DigestError::UnsupportedAlgorithm(text.into()));
+        }
+        if !is_sha256_hex(hex) {
+            return Err(DigestError::Malformed(text.into()));
+        }
+        Ok(Self(text.to_owned()))
+    }
+
+    pub fn of(bytes: &[u8]) -> Self {
+        Self(format!("sha256:{}", sha256_of(bytes)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The hex part, for file names.
+    pub fn hex(&self) -> &str {
+        &self.0["sha256:".len()..]
+    }
+
+    pub fn matches(&self, bytes: &[u8]) -> bool {
+        Self::of(bytes) == *self
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Whether `s` is the hex part of a sha256 digest: 64 lowercase hex characters (the only
+/// spelling our stores write, so the only one a file name may have).
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// `sha256:<hex>` -> `<hex>` when it is a well-formed sha256 digest.
+pub fn sha256_hex(digest: &str) -> Option<&str> {
+    digest
+        .strip_prefix("sha256:")
+        .filter(|hex| is_sha256_hex(hex))
+}
+
+/// The lowercase hex sha256 of `bytes`.
+pub fn sha256_of(bytes: impl AsRef<[u8]>) -> String {
+    hex::encode(Sha256::digest(bytes.as_ref()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digests_parse_only_in_the_canonical_form() {
+        let hex = sha256_of(b"x");
+        let text = format!("sha256:{hex}");
+        assert_eq!(Digest::parse(&text).unwrap().hex(), hex);
+        assert_eq!(Digest::of(b"x").as_str(), text);
+        assert!(Digest::of(b"x").matches(b"x"));
+        assert!(!Digest::of(b"x").matches(b"y"));
+        assert_eq!(sha256_hex(&text), Some(hex.as_str()));
+        assert!(matches!(
+            Digest::parse(&format!("sha512:{hex}")),
+            Err(DigestError::UnsupportedAlgorithm(_))
+        ));
+        for bad in [
+            hex.clone(),
+            format!("sha256:{}", hex.to_uppercase()),
+            format!("sha256:{}", &hex[1..]),
+            format!("sha256:{hex}0"),
+            format!("sha256:{}g", &hex[1..]),
+            "sha256:".into(),
+        ] {
+            assert!(Digest::parse(&bad).is_err(), "{bad}");
+            assert_eq!(sha256_hex(&bad), None, "{bad}");
+        }
+        assert!(!is_sha256_hex(&format!("{}\u{e9}", &hex[2..])));
+    }
+}
