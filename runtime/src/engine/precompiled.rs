@@ -26,7 +26,7 @@
 //! channel as trusted as the wasmgate binary itself.
 
 use super::{MAX_WASM_STACK, MEMORY_GUARD};
-use crate::types::{is_sha256_hex, sha256_of};
+use crate::types::{sha256_hex, sha256_of};
 use sha2::{Digest, Sha256};
 use std::fmt;
 
@@ -236,9 +236,7 @@ pub fn parse(file: &[u8]) -> Result<(Header, &[u8]), PrecompiledError> {
             ))
     };
     let digest = |value: &str| {
-        value
-            .strip_prefix("sha256:")
-            .filter(|hex| is_sha256_hex(hex))
+        sha256_hex(value)
             .map(str::to_owned)
             .ok_or(PrecompiledError::Format("a digest is not sha256:<64 hex>"))
     };

@@ -70,6 +70,13 @@ struct Discovery {
     saved: PathBuf,
 }
 
+/// The largest trust bundle accepted, fetched or read from a file.
+const MAX_TRUST_BUNDLE: u64 = 1 << 20;
+/// The largest rc2 client certificate or key file read.
+const MAX_PEM_FILE: u64 = 1 << 20;
+/// The largest `client-id` file read (an id is a short URL-safe token).
+const MAX_CLIENT_ID: u64 = 4 << 10;
+
 /// Refresh period when a bundle carries no `spiffe_refresh_hint`.
 const DEFAULT_BUNDLE_REFRESH: std::time::Duration = std::time::Duration::from_secs(300);
 
@@ -221,7 +228,7 @@ impl Transport {
                 .header(::http::header::ACCEPT, "application/json")
                 .body(Bytes::new())
                 .map_err(state_err)?;
-            let response = wire::send(discovery.tls.clone(), request, 1 << 20).await?;
+            let response = wire::send(discovery.tls.clone(), request, MAX_TRUST_BUNDLE).await?;
             if response.status != 200 {
                 return Err(
                     TlsError::Bundle(format!("GET {url} answered {}", response.status)).into(),
@@ -308,12 +315,18 @@ impl Transport {
     }
 }
 
-fn read_trust_file(file: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(file).map_err(|e| TlsError::Read {
-        what: "trust bundle",
-        path: file.display().to_string(),
+/// A regular file of at most `limit` bytes (a FIFO or an endless special file in the
+/// configuration must not hang or fill the host). Blocking file I/O.
+fn read_small_file(what: &'static str, path: &Path, limit: u64) -> Result<Vec<u8>, TlsError> {
+    crate::fsutil::read_regular_bounded(path, limit).map_err(|e| TlsError::Read {
+        what,
+        path: path.display().to_string(),
         message: e.to_string(),
     })
+}
+
+fn read_trust_file(file: &Path) -> Result<Vec<u8>, TlsError> {
+    read_small_file("trust bundle", file, MAX_TRUST_BUNDLE)
 }
 
 impl Rc3 {
@@ -351,7 +364,7 @@ impl Rc3 {
         };
         if rc3.trust_file.is_some() {
             rc3.reload_trust_file()?;
-        } else if let Ok(bytes) = std::fs::read(state_dir.join("trust-bundle.json")) {
+        } else if let Ok(bytes) = read_trust_file(&state_dir.join("trust-bundle.json")) {
             // Offline start: the last bundle fetched through discovery.
             if let Ok(bundle) = TrustBundle::parse(&bytes) {
                 rc3.accept_bundle(bundle)?;
@@ -431,10 +444,11 @@ fn read_client_files(
 ) -> Result<(String, String), TransportError> {
     tls::check_key_file("client key", key_path)?;
     let read = |what: &'static str, path: &Path| {
-        std::fs::read_to_string(path).map_err(|e| TlsError::Read {
+        let bytes = read_small_file(what, path, MAX_PEM_FILE)?;
+        String::from_utf8(bytes).map_err(|_| TlsError::Read {
             what,
             path: path.display().to_string(),
-            message: e.to_string(),
+            message: "not UTF-8 text (PEM expected)".into(),
         })
     };
     let cert_pem = read("client certificate", cert_path)?;
@@ -470,10 +484,15 @@ impl Rc2 {
         let id_file = state_dir.join("client-id");
         let read = {
             let id_file = id_file.clone();
-            crate::fsutil::unblocked(move || std::fs::read_to_string(id_file)).await
+            tokio::task::spawn_blocking(move || {
+                read_small_file("client id", &id_file, MAX_CLIENT_ID)
+            })
+            .await
+            .map_err(state_err)?
         };
-        let client_id = match read {
-            Ok(id) if !id.trim().is_empty() => id.trim().to_owned(),
+        let known = read.ok().and_then(|bytes| String::from_utf8(bytes).ok());
+        let client_id = match known {
+            Some(id) if !id.trim().is_empty() => id.trim().to_owned(),
             _ => {
                 let url = base.join("api/v1/onboarding").map_err(state_err)?;
                 let body = serde_json::json!({
@@ -624,6 +643,25 @@ mod tests {
     use super::*;
     use httpsig_hyper::MessageSignatureReq;
     use sha2::{Digest as _, Sha256};
+
+    #[test]
+    fn configuration_files_are_read_within_their_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("client-id");
+        std::fs::write(&path, vec![b'a'; MAX_CLIENT_ID as usize]).unwrap();
+        assert_eq!(
+            read_small_file("client id", &path, MAX_CLIENT_ID)
+                .unwrap()
+                .len(),
+            MAX_CLIENT_ID as usize
+        );
+        std::fs::write(&path, vec![b'a'; MAX_CLIENT_ID as usize + 1]).unwrap();
+        let err = read_small_file("client id", &path, MAX_CLIENT_ID).unwrap_err();
+        assert!(err.to_string().contains("limit"), "{err}");
+        // A special file is refused without reading it (it would never end).
+        let err = read_trust_file(Path::new("/dev/zero")).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+    }
 
     fn bundle(sequence: Option<u64>) -> TrustBundle {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
