@@ -17,6 +17,7 @@ use crate::bindings::wasi::keyvalue::{atomics, store};
 use crate::WasmgateCtxView;
 use redb::{Database, ReadableTable, TableDefinition};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use wasmtime::component::Resource;
@@ -58,7 +59,9 @@ fn storage<E: Into<redb::Error>>(err: E) -> KvStoreError {
 /// A partition's durable key-value store with its quota.
 pub struct KvStore {
     db: Arc<Database>,
-    quota_bytes: u64,
+    /// Shared with the writer thread, which reads it for every batch: a reloaded
+    /// configuration may change it while the store stays open.
+    quota_bytes: Arc<AtomicU64>,
     path: PathBuf,
     /// `None` only while dropping, so the writer sees the queue close.
     writes: Option<mpsc::Sender<Write>>,
@@ -87,7 +90,7 @@ impl std::fmt::Debug for KvStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KvStore")
             .field("path", &self.path)
-            .field("quota_bytes", &self.quota_bytes)
+            .field("quota_bytes", &self.quota_bytes())
             .finish()
     }
 }
@@ -111,11 +114,12 @@ impl KvStore {
         txn.commit().map_err(|e| open_err(e.into()))?;
         let db = Arc::new(db);
         let (writes, queue) = mpsc::channel(WRITE_QUEUE);
+        let quota_bytes = Arc::new(AtomicU64::new(quota_bytes));
         let writer = {
-            let db = db.clone();
+            let (db, quota) = (db.clone(), quota_bytes.clone());
             std::thread::Builder::new()
                 .name("wasmgate-kv".into())
-                .spawn(move || write_loop(&db, quota_bytes, queue))
+                .spawn(move || write_loop(&db, &quota, queue))
                 .map_err(|e| open_err(redb::Error::Io(e)))?
         };
         Ok(Arc::new(Self {
@@ -136,7 +140,13 @@ impl KvStore {
     }
 
     pub fn quota_bytes(&self) -> u64 {
-        self.quota_bytes
+        self.quota_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Changes the quota for writes committed from now on. Data already stored stays
+    /// when it is over a lowered quota; only writes that grow the data are refused.
+    pub fn set_quota_bytes(&self, quota_bytes: u64) {
+        self.quota_bytes.store(quota_bytes, Ordering::Relaxed);
     }
 
     /// Bytes currently counted against the quota.
@@ -189,7 +199,7 @@ impl Drop for KvStore {
 
 /// The writer thread: takes every write queued, applies them in one transaction in
 /// queue order, commits once, then acknowledges each.
-fn write_loop(db: &Database, quota: u64, mut queue: mpsc::Receiver<Write>) {
+fn write_loop(db: &Database, quota: &AtomicU64, mut queue: mpsc::Receiver<Write>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = queue.blocking_recv() {
         batch.push(first);
@@ -199,7 +209,7 @@ fn write_loop(db: &Database, quota: u64, mut queue: mpsc::Receiver<Write>) {
                 Err(_) => break,
             }
         }
-        let outcomes = commit_batch(db, quota, &batch);
+        let outcomes = commit_batch(db, quota.load(Ordering::Relaxed), &batch);
         for (write, outcome) in batch.drain(..).zip(outcomes) {
             // A guest that went away no longer waits for its answer.
             let _ = write.done.send(outcome);
@@ -604,6 +614,25 @@ mod tests {
         assert_eq!(store.used_bytes().unwrap(), (1 + 1 + 10) + (1 + 2 + 20));
         assert_eq!(store.remove_namespace("d").unwrap(), 35);
         assert_eq!(store.used_bytes().unwrap(), 0);
+    }
+
+    #[test]
+    fn a_changed_quota_holds_for_the_next_writes() {
+        let (_dir, store) = store(100);
+        let scope = store.scope("d");
+        block(scope.set("b", "k", vec![0u8; 50])).unwrap();
+        store.set_quota_bytes(40);
+        assert_eq!(store.quota_bytes(), 40);
+        // Over the lowered quota: what is stored stays, growth is refused, shrinking is not.
+        assert_eq!(store.scope("d").get("b", "k").unwrap().unwrap().len(), 50);
+        let err = block(scope.set("b", "k2", vec![0u8; 1])).unwrap_err();
+        assert!(
+            matches!(err, KvError::QuotaExceeded { quota: 40, .. }),
+            "{err}"
+        );
+        block(scope.set("b", "k", vec![0u8; 10])).unwrap();
+        store.set_quota_bytes(1000);
+        block(scope.set("b", "k2", vec![0u8; 500])).unwrap();
     }
 
     #[test]

@@ -1,6 +1,10 @@
 //! The host's configuration file (TOML): where state lives, what to listen on, who the
 //! device is and how it is split into sandbox partitions.
 
+mod reload;
+
+pub use reload::restart_only_changes;
+
 use crate::units::{ByteSize, HumanDuration};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -19,11 +23,11 @@ pub fn is_valid_id_segment(s: &str) -> bool {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("config file: {source}")]
     Read {
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: crate::fsutil::BoundedReadError,
     },
     #[error("config file {path} is not valid: {message}")]
     Parse { path: PathBuf, message: String },
@@ -41,7 +45,7 @@ pub enum GatewayMode {
     Opaque,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct HttpConfig {
     #[serde(default = "default_listen")]
@@ -241,7 +245,7 @@ fn default_max_body() -> ByteSize {
     ByteSize(16 << 20)
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct DeviceConfig {
     /// The host's Margo device id; defaults to the machine's host name.
@@ -263,7 +267,7 @@ pub struct DeviceConfig {
     pub otel_collector: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct PartitionConfig {
     pub id: String,
@@ -319,7 +323,7 @@ impl PartitionConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Config {
     #[serde(default = "default_state_dir")]
@@ -342,7 +346,13 @@ pub struct Config {
     /// The OpenTelemetry pipeline: the host is its workloads' collector.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// What is logged (and exported), as `tracing` filter directives; the
+    /// `WASMGATE_LOG` environment variable wins when set. Reloaded on SIGHUP.
+    pub log_filter: Option<String>,
 }
+
+/// The largest configuration file read.
+pub const MAX_CONFIG_FILE: u64 = 1 << 20;
 
 /// OTLP transports `[telemetry] protocol` accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -354,7 +364,7 @@ pub enum OtlpProtocol {
 }
 
 /// `[telemetry]`: where host spans, logs (host and guest) and metrics are exported.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct TelemetryConfig {
     /// Off: nothing is exported and the capabilities report `otelCollector: false`.
@@ -404,7 +414,7 @@ impl TelemetryConfig {
 }
 
 /// `[artifacts]`: where components come from and how much of them is kept.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ArtifactsConfig {
     /// Largest component accepted (file or OCI layer); default 256Mi.
@@ -457,7 +467,7 @@ pub enum RegistryProtocol {
 }
 
 /// `[registries."HOST:PORT"]`: credentials and TLS for one registry.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RegistryConfig {
     pub username: Option<String>,
@@ -490,6 +500,7 @@ impl Default for Config {
             artifacts: ArtifactsConfig::default(),
             registries: BTreeMap::new(),
             telemetry: TelemetryConfig::default(),
+            log_filter: None,
         }
     }
 }
@@ -498,9 +509,18 @@ impl Config {
     /// Reads and validates `path`; relative `state-dir` stays relative to the working
     /// directory, as the user typed it.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        // Bounded and regular files only: SIGHUP reads it again while serving, and a
+        // FIFO or a device in its place must not hang or fill the host.
+        let bytes =
+            crate::fsutil::read_regular_bounded(path, MAX_CONFIG_FILE).map_err(|source| {
+                ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                }
+            })?;
+        let text = String::from_utf8(bytes).map_err(|_| ConfigError::Parse {
             path: path.to_owned(),
-            source,
+            message: "not UTF-8 text".into(),
         })?;
         Self::parse(&text).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
@@ -599,6 +619,13 @@ impl Config {
             return invalid("watch-interval: expected at least 50ms".into());
         }
         self.validate_registries()?;
+        if let Some(filter) = &self.log_filter {
+            if let Err(err) = tracing_subscriber::EnvFilter::try_new(filter) {
+                return invalid(format!(
+                    "log-filter {filter:?}: {err} (expected directives such as \"info,wasmgate=debug\")"
+                ));
+            }
+        }
         let device_id = self.device_id();
         if !is_valid_id_segment(&device_id) {
             return invalid(format!(

@@ -1,16 +1,25 @@
 //! Wires the pieces together for `wasmgate up` and `wasmgate run`: partitions, engine,
-//! reconciler, ingress and admin listeners, and the local-mode folder watch.
+//! reconciler, ingress and admin listeners, the local-mode folder watch, and the
+//! signals (SIGTERM / SIGINT drain, SIGHUP reloads the configuration).
+
+mod listeners;
+mod reload;
+
+pub use reload::{ConfigSource, Overrides};
 
 use crate::config::Config;
-use crate::deploy::{local, DesiredDeployment, Reconciler, StatusBoard};
+use crate::deploy::{local, DesiredDeployment, Reconciler, Reconfiguration, StatusBoard};
 use crate::engine::{PoolSizing, WasmEngine};
 use crate::ingress::{self, AdminState, Ingress};
-use crate::sandbox::Partition;
+use crate::sandbox::{Partition, SharedPartitions};
 use anyhow::Context;
+use arc_swap::ArcSwap;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::mpsc;
 
 /// Where local mode gets its desired state.
 pub enum DesiredSource {
@@ -36,10 +45,32 @@ pub fn pool_sizing(config: &Config) -> PoolSizing {
     }
 }
 
+/// The capabilities each partition advertises, as deployments' `deviceConstraints`
+/// are checked against them (the rc.3 shape, whatever the WFM profile).
+fn eligibility_documents(config: &Config) -> BTreeMap<String, serde_json::Value> {
+    let identity = crate::margo::capabilities::DeviceIdentity::from_config(config);
+    config
+        .partitions
+        .iter()
+        .map(|p| {
+            let doc = crate::margo::capabilities::partition_document(
+                config,
+                &identity,
+                p,
+                crate::margo::Profile::Rc3,
+            );
+            (p.id.clone(), doc)
+        })
+        .collect()
+}
+
 pub struct Host {
     config: Config,
+    source: ConfigSource,
     reconciler: Reconciler,
-    partitions: Vec<Arc<Partition>>,
+    partitions: SharedPartitions,
+    /// The pool the engine was planned for: a reload may not need more.
+    pool: PoolSizing,
     routes: ingress::SharedRoutes,
     status: Arc<StatusBoard>,
     announced: Vec<String>,
@@ -56,7 +87,8 @@ impl Host {
             .iter()
             .map(|p| Partition::open(&device_id, p, &config.state_dir))
             .collect::<Result<Vec<_>, _>>()?;
-        let engine = WasmEngine::new(pool_sizing(&config))?;
+        let pool = pool_sizing(&config);
+        let engine = WasmEngine::new(pool)?;
         let ticker = engine.start_epoch_ticker();
         let aot = engine.aot_cache(config.state_dir.join("aot"));
         let routes = ingress::shared_routes();
@@ -78,26 +110,13 @@ impl Host {
             )
         })?;
         let mut reconciler = reconciler;
-        let identity = crate::margo::capabilities::DeviceIdentity::from_config(&config);
-        reconciler.set_capabilities(
-            config
-                .partitions
-                .iter()
-                .map(|p| {
-                    let doc = crate::margo::capabilities::partition_document(
-                        &config,
-                        &identity,
-                        p,
-                        crate::margo::Profile::Rc3,
-                    );
-                    (p.id.clone(), doc)
-                })
-                .collect(),
-        );
+        reconciler.set_capabilities(eligibility_documents(&config));
         Ok(Self {
             config,
+            source: ConfigSource::default(),
             reconciler,
-            partitions,
+            partitions: Arc::new(ArcSwap::from_pointee(partitions)),
+            pool,
             routes,
             status,
             announced: Vec::new(),
@@ -105,47 +124,63 @@ impl Host {
         })
     }
 
-    /// Serves until SIGTERM / SIGINT, then drains (see [`handle_signals`]).
+    /// Where SIGHUP reads the configuration again (and the command-line settings that
+    /// win over it). Without it, a reload says there is no file to read.
+    pub fn reloading_from(mut self, source: ConfigSource) -> Self {
+        self.source = source;
+        self
+    }
+
+    /// Serves until SIGTERM / SIGINT, then drains (see [`handle_signals`]); reloads the
+    /// configuration at each SIGHUP.
     pub async fn run(mut self, source: DesiredSource) -> anyhow::Result<()> {
         let signals = Signals::install().context("cannot install the signal handlers")?;
+        // Installed before serving: SIGHUP's default action would end the process.
+        let hangups = Hangups::install().context("cannot install the SIGHUP handler")?;
         ingress::raise_fd_limit();
         let limits = self.config.http.connection_limits();
         warn_if_over_fd_limit(limits.max_connections);
-        let listener = tokio::net::TcpListener::bind(self.config.http.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", self.config.http.listen))?;
-        let addr = listener.local_addr()?;
-        println!("wasmgate: listening on http://{addr}");
-        let ingress = Ingress {
-            routes: self.routes.clone(),
-            max_body: self.config.http.max_request_body.0,
-        };
         let shutdown = ingress::Shutdown::new();
-        let mut drained = vec![tokio::spawn(ingress::serve_until(
-            listener,
-            ingress,
+        let listeners = listeners::Listeners::start(
+            self.config.http.listen,
+            self.config.http.admin,
+            Ingress {
+                routes: self.routes.clone(),
+                max_body: self.config.http.max_request_body.0,
+            },
+            AdminState {
+                device_id: self.config.device_id(),
+                status: self.status.clone(),
+                partitions: self.partitions.clone(),
+                routes: self.routes.clone(),
+                metrics: self.reconciler.metrics().clone(),
+                allowed_hosts: self.config.http.admin_hosts.clone(),
+            },
             limits,
             shutdown.clone(),
-        ))];
-        if let Some(admin) = self.config.http.admin {
-            let listener = tokio::net::TcpListener::bind(admin)
-                .await
-                .with_context(|| format!("cannot listen on admin address {admin}"))?;
-            println!("wasmgate: admin on http://{}", listener.local_addr()?);
-            drained.push(tokio::spawn(ingress::serve_admin(
-                listener,
-                AdminState {
-                    device_id: self.config.device_id(),
-                    status: self.status.clone(),
-                    partitions: self.partitions.clone(),
-                    routes: self.routes.clone(),
-                    metrics: self.reconciler.metrics().clone(),
-                    allowed_hosts: self.config.http.admin_hosts.clone(),
-                },
-                limits.admin(),
-                shutdown.clone(),
-            )));
+        )
+        .await?;
+        println!("wasmgate: listening on http://{}", listeners.addr());
+        if let Some(admin) = listeners.admin_addr() {
+            println!("wasmgate: admin on http://{admin}");
         }
+        let served_at = Arc::new(ArcSwap::from_pointee(listeners.addr()));
+        let (reconfigure, mut reconfigured) = mpsc::unbounded_channel();
+        let reloader = reload::Reloader {
+            config: self.config.clone(),
+            source: self.source.clone(),
+            pool: self.pool,
+            partitions: self.partitions.clone(),
+            listeners,
+            metrics: self.reconciler.metrics().clone(),
+            reconfigure,
+        };
+        let reloads = tokio::spawn(reload_on_hangup(
+            hangups,
+            reloader,
+            served_at.clone(),
+            shutdown.clone(),
+        ));
         tokio::spawn(handle_signals(
             signals,
             shutdown.clone(),
@@ -158,9 +193,18 @@ impl Host {
         tokio::pin!(shutdown);
         match source {
             DesiredSource::Fixed(document) => {
-                self.reconciler.apply(vec![document]).await;
-                self.announce(addr);
-                shutdown.await;
+                self.reconciler.apply(vec![document.clone()]).await;
+                self.announce(&served_at);
+                loop {
+                    tokio::select! {
+                        _ = &mut shutdown => break,
+                        Some(change) = reconfigured.recv() => {
+                            self.reconciler.reconfigure(&change);
+                            self.reconciler.apply(vec![document.clone()]).await;
+                            self.announce(&served_at);
+                        }
+                    }
+                }
             }
             DesiredSource::Wfm(settings) => {
                 let events = self.status.subscribe();
@@ -171,9 +215,12 @@ impl Host {
                         .context("cannot start the Margo WFM client")?;
                 let (status, announced) = (self.status.clone(), &mut self.announced);
                 client
-                    .run(&mut self.reconciler, shutdown, |reconciler| {
-                        announce(reconciler, &status, addr, announced)
-                    })
+                    .run(
+                        &mut self.reconciler,
+                        shutdown,
+                        &mut reconfigured,
+                        |reconciler| announce(reconciler, &status, **served_at.load(), announced),
+                    )
                     .await;
             }
             DesiredSource::Folder(dir) => {
@@ -186,7 +233,8 @@ impl Host {
                 loop {
                     let watched = self.reconciler.watched_files();
                     // A changed folder, or the reconciler asks for another pass
-                    // (retrying a failed pull, collecting garbage).
+                    // (retrying a failed pull, collecting garbage, placing again
+                    // after the partitions changed).
                     let due = self.reconciler.pass_due();
                     let poll = {
                         let watch = watch.clone();
@@ -205,7 +253,7 @@ impl Host {
                             self.reconciler
                                 .apply_for(documents, crate::deploy::INSTALL_PATIENCE)
                                 .await;
-                            self.announce(addr);
+                            self.announce(&served_at);
                         }
                         Ok(Ok((_, None))) => {}
                         Ok(Err(err)) => {
@@ -216,28 +264,111 @@ impl Host {
                         }
                     }
                     // An install that outlived its pass is committed as soon as it is done.
-                    let progressed = tokio::select! {
-                        _ = tokio::time::sleep(interval) => false,
-                        _ = self.reconciler.install_progress() => true,
+                    let wake = tokio::select! {
+                        _ = tokio::time::sleep(interval) => Wake::Timer,
+                        _ = self.reconciler.install_progress() => Wake::Progress,
+                        Some(change) = reconfigured.recv() => Wake::Reconfigured(Box::new(change)),
                         _ = &mut shutdown => break,
                     };
-                    if progressed {
-                        self.reconciler.advance().await;
-                        self.announce(addr);
+                    match wake {
+                        Wake::Timer => {}
+                        Wake::Progress => {
+                            self.reconciler.advance().await;
+                            self.announce(&served_at);
+                        }
+                        // The next round's pass places what the change moved.
+                        Wake::Reconfigured(change) => self.reconciler.reconfigure(&change),
                     }
                 }
             }
         }
         println!("wasmgate: shutting down");
-        for listener in drained {
+        let listeners = match reloads.await {
+            Ok(listeners) => listeners.into_handles(),
+            Err(err) => {
+                tracing::error!(error = %err, "the reload task failed; not waiting for the listeners to drain");
+                Vec::new()
+            }
+        };
+        for listener in listeners {
             let _ = listener.await;
         }
         println!("wasmgate: stopped");
         Ok(())
     }
 
-    fn announce(&mut self, addr: SocketAddr) {
-        announce(&self.reconciler, &self.status, addr, &mut self.announced);
+    fn announce(&mut self, served_at: &ArcSwap<SocketAddr>) {
+        announce(
+            &self.reconciler,
+            &self.status,
+            **served_at.load(),
+            &mut self.announced,
+        );
+    }
+}
+
+/// Why the folder watch woke up.
+enum Wake {
+    Timer,
+    Progress,
+    Reconfigured(Box<Reconfiguration>),
+}
+
+/// Reloads at each SIGHUP, one at a time, until the host shuts down; then hands the
+/// listeners back so that the host can wait for them to drain.
+async fn reload_on_hangup(
+    mut hangups: Hangups,
+    mut reloader: reload::Reloader,
+    served_at: Arc<ArcSwap<SocketAddr>>,
+    shutdown: ingress::Shutdown,
+) -> listeners::Listeners {
+    let stopping = shutdown.triggered();
+    tokio::pin!(stopping);
+    loop {
+        tokio::select! {
+            _ = &mut stopping => break,
+            received = hangups.recv() => {
+                if !received {
+                    break;
+                }
+                println!("wasmgate: SIGHUP received; reloading the configuration");
+                reloader.reload().await;
+                served_at.store(Arc::new(reloader.listeners.addr()));
+            }
+        }
+    }
+    reloader.listeners
+}
+
+/// SIGHUP.
+struct Hangups {
+    #[cfg(unix)]
+    signal: tokio::signal::unix::Signal,
+}
+
+impl Hangups {
+    fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                signal: signal(SignalKind::hangup())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    /// The next SIGHUP; `false` when none can come any more.
+    async fn recv(&mut self) -> bool {
+        #[cfg(unix)]
+        {
+            self.signal.recv().await.is_some()
+        }
+        #[cfg(not(unix))]
+        {
+            std::future::pending::<bool>().await
+        }
     }
 }
 

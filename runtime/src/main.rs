@@ -3,7 +3,7 @@ use clap::Parser;
 use std::path::PathBuf;
 use wasmgate::cli::{Cli, Command};
 use wasmgate::config::Config;
-use wasmgate::host::{single_component_document, DesiredSource, Host};
+use wasmgate::host::{single_component_document, ConfigSource, DesiredSource, Host, Overrides};
 
 fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
     match path {
@@ -53,8 +53,8 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         Command::Up { .. } | Command::Run { .. } => loaded.otlp_settings(),
         _ => None,
     };
-    let pipeline =
-        wasmgate::telemetry::init(otlp.as_ref()).context("cannot start the OTLP pipeline")?;
+    let pipeline = wasmgate::telemetry::init(otlp.as_ref(), loaded.log_filter.as_deref())
+        .context("cannot start the OTLP pipeline")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("wasmgate")
@@ -77,22 +77,20 @@ fn run(
     runtime.block_on(async {
         match cli.command {
             Command::Up {
-                config: _,
+                config: path,
                 deployments,
                 state_dir,
                 listen,
                 admin,
             } => {
                 let mut config = loaded;
-                if let Some(dir) = state_dir {
-                    config.state_dir = dir;
-                }
-                if let Some(listen) = listen {
-                    config.http.listen = listen;
-                }
-                if admin.is_some() {
-                    config.http.admin = admin;
-                }
+                let overrides = Overrides {
+                    state_dir,
+                    listen,
+                    admin,
+                };
+                overrides.apply(&mut config);
+                let reload = ConfigSource { path, overrides };
                 let source = match config.wfm_settings()? {
                     Some(settings) => DesiredSource::Wfm(Box::new(settings)),
                     None => {
@@ -102,23 +100,30 @@ fn run(
                         DesiredSource::Folder(deployments)
                     }
                 };
-                Host::new(config)?.run(source).await
+                Host::new(config)?
+                    .reloading_from(reload)
+                    .run(source)
+                    .await
             }
             Command::Run {
                 component,
                 listen,
                 state_dir,
-                config: _,
+                config: path,
             } => {
                 let mut config = loaded;
-                if let Some(dir) = state_dir {
-                    config.state_dir = dir;
-                }
-                if let Some(listen) = listen {
-                    config.http.listen = listen;
-                }
+                let overrides = Overrides {
+                    state_dir,
+                    listen,
+                    admin: None,
+                };
+                overrides.apply(&mut config);
+                let reload = ConfigSource { path, overrides };
                 let document = single_component_document(&component)?;
-                Host::new(config)?.run(DesiredSource::Fixed(document)).await
+                Host::new(config)?
+                    .reloading_from(reload)
+                    .run(DesiredSource::Fixed(document))
+                    .await
             }
             #[cfg(feature = "compiler")]
             Command::Compile {

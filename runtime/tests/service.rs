@@ -36,6 +36,7 @@ fn the_unit_file_verifies() {
         "CapabilityBoundingSet=\n",
         "StateDirectory=wasmgate",
         "Restart=on-failure",
+        "ExecReload=/bin/kill -HUP $MAINPID",
     ] {
         assert!(UNIT.contains(key), "the unit lost {key:?}");
     }
@@ -95,6 +96,17 @@ fn readiness_and_stopping_reach_the_service_manager() {
     // Ready means the desired state on disk already serves.
     assert_eq!(gate.get("/hello"), (200, "Hello, world!\n".to_string()));
 
+    // `systemctl reload` (ExecReload sends SIGHUP): reloading, then ready again.
+    gate.signal("HUP");
+    let reloading = wait_notification(&socket, "RELOADING=1", Duration::from_secs(10));
+    assert!(reloading.contains("MONOTONIC_USEC="), "{reloading:?}");
+    let reloaded = wait_notification(&socket, "READY=1", Duration::from_secs(10));
+    assert!(
+        reloaded.contains("STATUS=configuration reloaded (no partition or listener changed)"),
+        "{reloaded:?}"
+    );
+    assert_eq!(gate.get("/hello").0, 200);
+
     gate.signal("TERM");
     let stopping = wait_notification(&socket, "STOPPING=1", Duration::from_secs(10));
     assert!(stopping.contains("STATUS=draining"), "{stopping:?}");
@@ -102,7 +114,7 @@ fn readiness_and_stopping_reach_the_service_manager() {
         .wait_exit(Duration::from_secs(40))
         .expect("exits after the drain");
     assert!(status.success(), "{status:?}");
-    // Exactly one readiness message: later reconciles do not repeat it.
+    // No other readiness message: later reconciles do not repeat it.
     let mut buf = [0u8; 4096];
     while let Ok(n) = socket.recv(&mut buf) {
         assert!(

@@ -743,6 +743,82 @@ fn known_downtime_silences_the_client_and_removed_partitions_are_unregistered() 
     s.mock.assert_no_violations();
 }
 
+/// SIGHUP with a changed partition list: the WFM gets the new target's capabilities
+/// and the resized one's new document, the removed target is unregistered, and a
+/// deployment directed at it fails with a report, all without a restart.
+#[test]
+fn sighup_resends_capabilities_and_moves_deployments_without_a_restart() {
+    let s = setup(Profile::Rc3, "see-thru");
+    let gate = s.sandbox.up(&s.config);
+    s.mock
+        .wait_until("capabilities of host + 3 partitions", WAIT, |m| {
+            m.capabilities().len() == 4
+        });
+    s.mock.set_deployments(&[
+        (HELLO_ID, hello_yaml("edge-01/spare", "Hi")),
+        (COUNTER_ID, counter_yaml("edge-01/*")),
+    ]);
+    let v1 = s.mock.manifest_version();
+    wait_state(&s.mock, HELLO_ID, "installed", v1);
+    wait_state(&s.mock, COUNTER_ID, "installed", v1);
+    assert_eq!(gate.get("/counter").1, "hits: 1\n");
+
+    let spare = "[[partition]]\nid = \"spare\"\ncpu = 0.25\nmemory = \"64Mi\"\nstorage = \"8Mi\"\nlabels = { tier = \"spare\" }\n";
+    let extra = "[[partition]]\nid = \"extra\"\ncpu = 0.25\nmemory = \"32Mi\"\nstorage = \"8Mi\"\nlabels = { tier = \"extra\" }\n";
+    assert!(s.config.contains(spare) && s.config.contains("memory = \"128Mi\""));
+    s.sandbox.config(
+        &s.config
+            .replace(spare, extra)
+            .replace("memory = \"128Mi\"", "memory = \"96Mi\""),
+    );
+    s.mock.clear_records();
+    gate.signal("HUP");
+    s.mock.wait_until(
+        "the new target, the resized one and the DELETE",
+        WAIT,
+        |m| {
+            let caps = m.capabilities();
+            caps.contains_key("edge-01/extra")
+                && !caps.contains_key("edge-01/spare")
+                && caps["edge-01/sensors"]["properties"]["memory"] == "96Mi"
+        },
+    );
+    let requests = s.mock.requests();
+    assert!(requests.iter().any(|r| r.method == "DELETE"
+        && r.path == "/api/v1/capabilities/edge-01/spare"
+        && r.status == 204));
+    // Only what changed is sent again: not the host, not `apps`.
+    let puts: Vec<&str> = requests
+        .iter()
+        .filter(|r| r.method == "PUT")
+        .map(|r| r.path.as_str())
+        .collect();
+    assert!(
+        !puts.contains(&"/api/v1/capabilities/edge-01/apps"),
+        "{puts:?}"
+    );
+    // The deployment directed at the removed partition stops and fails, reported.
+    s.mock.wait_until("hello failed", WAIT, |m| {
+        last_report(m, HELLO_ID).is_some_and(|r| r["status"]["state"] == "failed")
+    });
+    let failed = last_report(&s.mock, HELLO_ID).unwrap();
+    assert!(
+        failed.to_string().contains("spare"),
+        "the report names the missing partition: {failed:#}"
+    );
+    gate.wait_for("/hello", 404, "");
+    // The autonomous one still serves, its key-value data in place.
+    assert_eq!(gate.get("/counter").1, "hits: 2\n");
+    assert!(gate
+        .stdout
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.starts_with("wasmgate: configuration reloaded")
+            && l.contains("partitions added: edge-01/extra")));
+    s.mock.assert_no_violations();
+}
+
 #[test]
 fn outside_the_polling_window_only_capabilities_and_statuses_flow() {
     let s = setup(Profile::Rc3, "see-thru");

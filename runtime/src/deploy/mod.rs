@@ -11,5 +11,5 @@ mod reconciler;
 pub mod status;
 pub mod store;
 
-pub use reconciler::{DesiredDeployment, Reconciler, Refusal, INSTALL_PATIENCE};
+pub use reconciler::{DesiredDeployment, Reconciler, Reconfiguration, Refusal, INSTALL_PATIENCE};
 pub use status::{DeploymentState, StatusBoard};

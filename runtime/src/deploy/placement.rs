@@ -64,6 +64,30 @@ pub fn place(
     committed: &BTreeMap<String, u64>,
     eligible: &dyn Fn(&Partition) -> Result<(), String>,
 ) -> Result<Arc<Partition>, PlacementError> {
+    place_keeping(
+        None,
+        device_id,
+        this_device,
+        partitions,
+        requirement,
+        committed,
+        eligible,
+    )
+}
+
+/// [`place`] for a deployment that runs in partition `current` now (an update, or
+/// placing again after the partitions changed): when the host chooses, it keeps
+/// `current` as long as it is eligible and has room, since a deployment's key-value
+/// data and files belong to its partition and do not move with it.
+pub fn place_keeping(
+    current: Option<&str>,
+    device_id: Option<&str>,
+    this_device: &str,
+    partitions: &[Arc<Partition>],
+    requirement: Requirement,
+    committed: &BTreeMap<String, u64>,
+    eligible: &dyn Fn(&Partition) -> Result<(), String>,
+) -> Result<Arc<Partition>, PlacementError> {
     let target = device_id.unwrap_or(this_device);
     let rest = if target == this_device {
         None
@@ -95,7 +119,7 @@ pub fn place(
                     have: reasons.join("; "),
                 });
             }
-            autonomous(&candidates, requirement, committed)
+            autonomous(&candidates, requirement, committed, current)
         }
         Some(child) => {
             let partition = partitions
@@ -124,6 +148,7 @@ fn autonomous(
     partitions: &[Arc<Partition>],
     requirement: Requirement,
     committed: &BTreeMap<String, u64>,
+    current: Option<&str>,
 ) -> Result<Arc<Partition>, PlacementError> {
     let free = |p: &Partition| {
         p.config
@@ -131,10 +156,19 @@ fn autonomous(
             .0
             .saturating_sub(committed.get(&p.id).copied().unwrap_or(0))
     };
+    let fits = |p: &&Arc<Partition>| {
+        free(p) >= requirement.memory && requirement.cores.is_none_or(|c| p.config.cpu >= c)
+    };
+    if let Some(kept) = partitions
+        .iter()
+        .filter(fits)
+        .find(|p| Some(p.id.as_str()) == current)
+    {
+        return Ok(kept.clone());
+    }
     partitions
         .iter()
-        .filter(|p| free(p) >= requirement.memory)
-        .filter(|p| requirement.cores.is_none_or(|c| p.config.cpu >= c))
+        .filter(fits)
         .max_by_key(|p| free(p))
         .cloned()
         .ok_or_else(|| PlacementError::NoFit {
@@ -247,6 +281,53 @@ mod tests {
             place(Some("other/a"), "edge", &ps, req, &none, &any),
             Err(PlacementError::OtherDevice { .. })
         ));
+    }
+
+    #[test]
+    fn the_host_keeps_a_deployment_where_it_runs_while_it_fits() {
+        let dir = tempfile::tempdir().unwrap();
+        let ps = partitions(dir.path());
+        let req = Requirement {
+            memory: 1 << 20,
+            cores: None,
+        };
+        let none = BTreeMap::new();
+        let any = |_: &Partition| Ok(());
+        let fresh = place(Some("edge/*"), "edge", &ps, req, &none, &any).unwrap();
+        let other = ps.iter().find(|p| p.id != fresh.id).unwrap();
+        let kept = place_keeping(
+            Some(&other.id),
+            Some("edge/*"),
+            "edge",
+            &ps,
+            req,
+            &none,
+            &any,
+        );
+        assert_eq!(kept.unwrap().id, other.id);
+        // Full: it goes where there is room.
+        let full: BTreeMap<String, u64> = [(other.id.clone(), u64::MAX / 2)].into();
+        let moved = place_keeping(
+            Some(&other.id),
+            Some("edge/*"),
+            "edge",
+            &ps,
+            req,
+            &full,
+            &any,
+        );
+        assert_eq!(moved.unwrap().id, fresh.id);
+        // A directed deployment goes where it is directed.
+        let directed = place_keeping(
+            Some(&other.id),
+            Some(&format!("edge/{}", fresh.id)),
+            "edge",
+            &ps,
+            req,
+            &none,
+            &any,
+        );
+        assert_eq!(directed.unwrap().id, fresh.id);
     }
 
     #[test]

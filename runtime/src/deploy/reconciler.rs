@@ -73,6 +73,15 @@ pub struct Refusal {
     pub message: String,
 }
 
+/// A reloaded host configuration, handed to whoever owns the reconciler (the folder
+/// watch, the WFM client): the partitions to place into and what they advertise.
+pub struct Reconfiguration {
+    pub config: crate::config::Config,
+    pub partitions: Vec<Arc<Partition>>,
+    /// Capabilities document per partition id, for `deviceConstraints`.
+    pub capabilities: BTreeMap<String, serde_json::Value>,
+}
+
 pub struct Reconciler {
     linker: Linker<InstanceState>,
     device_id: String,
@@ -101,6 +110,9 @@ pub struct Reconciler {
     /// Sources of the last pass in commit order.
     order: Vec<String>,
     next_install: u64,
+    /// The partitions changed ([`Reconciler::reconfigure`]) and the next pass must
+    /// place again what runs in a partition that changed or left.
+    replace_due: bool,
 }
 
 impl Reconciler {
@@ -143,6 +155,7 @@ impl Reconciler {
             in_flight: BTreeMap::new(),
             order: Vec::new(),
             next_install: 0,
+            replace_due: false,
         })
     }
 
@@ -155,6 +168,59 @@ impl Reconciler {
     /// (capacity and eligibility rules) are checked against them before deploying.
     pub fn set_capabilities(&mut self, capabilities: BTreeMap<String, serde_json::Value>) {
         self.capabilities = capabilities;
+    }
+
+    /// A reloaded host configuration: the partitions now are `partitions` (kept ones
+    /// are the same `Arc`s; resized ones are new) and advertise `capabilities`. What
+    /// runs in a partition that changed or left keeps serving there until the next pass
+    /// places it again, in source order, as an update would: into the resized or
+    /// another partition, or, when it no longer fits anywhere, it stops and fails with
+    /// the placement error. [`Reconciler::pass_due`] asks for that pass, which also
+    /// tries again what failed for want of a partition.
+    pub fn reconfigure(&mut self, change: &Reconfiguration) {
+        self.partitions = change.partitions.clone();
+        self.capabilities = change.capabilities.clone();
+        let mut moving = 0;
+        for applied in self.applied.values_mut() {
+            if !activate::placed_in(&applied.partition, &self.partitions) {
+                // No install compares equal to what runs now: the next pass builds
+                // (from the pinned artifacts and the AOT cache) and places it again.
+                applied.fingerprint.clear();
+                moving += 1;
+            }
+        }
+        tracing::info!(
+            partitions = self.partitions.len(),
+            deployments_to_place_again = moving,
+            "partitions reconfigured"
+        );
+        // Also without anything to move: a deployment that failed for want of a
+        // partition (one directed at a partition added now, one that did not fit) is
+        // tried again.
+        self.replace_due = true;
+    }
+
+    /// Whether `id` runs in a partition that changed or left since it was placed.
+    fn misplaced(&self, id: &str) -> bool {
+        self.applied
+            .get(id)
+            .is_some_and(|a| !activate::placed_in(&a.partition, &self.partitions))
+    }
+
+    /// Stops a deployment that runs in a partition that changed or left and could not
+    /// be placed again: it may not keep the old limits. Its failure is reported by the
+    /// caller.
+    fn evict(&mut self, id: &str) {
+        let Some(applied) = self.applied.remove(id) else {
+            return;
+        };
+        tracing::warn!(deployment = %applied.deployment.name, partition = %applied.partition.device_id,
+            "stopping a deployment its changed partition no longer holds");
+        self.metrics.reconcile.outcome(ReconcileOutcome::Removed);
+        drop(applied);
+        self.publish_routes();
+        self.records.remove(id);
+        self.hold_running();
     }
 
     /// Keeps state under `state_dir`: the artifact store (`artifacts/`), the applied
@@ -195,6 +261,9 @@ impl Reconciler {
     /// When the reconciler wants another pass over the same desired state: to retry
     /// pulls that failed, or to collect garbage once a grace period ended.
     pub fn next_pass_due(&self) -> Option<Instant> {
+        if self.replace_due {
+            return Some(Instant::now());
+        }
         self.retries
             .values()
             .map(|r| r.next_at)
@@ -280,6 +349,7 @@ impl Reconciler {
     async fn pass(&mut self, desired: Vec<DesiredDeployment>, deadline: Option<Instant>) {
         let started = Instant::now();
         self.status.set_reconciled(false);
+        self.replace_due = false;
         if !self.restored {
             self.restored = true;
             self.restore(&desired).await;

@@ -5,7 +5,7 @@
 use super::server::serve_with;
 use super::{ConnectionLimits, SharedRoutes, Shutdown};
 use crate::deploy::StatusBoard;
-use crate::sandbox::Partition;
+use crate::sandbox::SharedPartitions;
 use crate::telemetry::{Format, Metrics, PartitionSample};
 use crate::workload::{error_response, ResponseBody};
 use bytes::Bytes;
@@ -18,7 +18,8 @@ use tokio::net::TcpListener;
 pub struct AdminState {
     pub device_id: String,
     pub status: Arc<StatusBoard>,
-    pub partitions: Vec<Arc<Partition>>,
+    /// The partitions as they are now (a reloaded configuration swaps them).
+    pub partitions: SharedPartitions,
     pub routes: SharedRoutes,
     pub metrics: Arc<Metrics>,
     /// `[http] admin-hosts`: names accepted in `Host` besides IP literals and `localhost`.
@@ -89,6 +90,7 @@ impl AdminState {
         let snapshot = self.status.snapshot();
         let partitions: Vec<_> = self
             .partitions
+            .load()
             .iter()
             .map(|p| {
                 serde_json::json!({
@@ -122,6 +124,7 @@ impl AdminState {
     /// Budget use of every partition, as the metrics report it.
     fn partition_samples(&self) -> Vec<PartitionSample> {
         self.partitions
+            .load()
             .iter()
             .map(|p| PartitionSample {
                 partition: p.device_id.clone(),

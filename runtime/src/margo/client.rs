@@ -135,7 +135,8 @@ pub struct WfmClient {
     transport: Option<Transport>,
     config: Config,
     identity: DeviceIdentity,
-    /// deviceId -> capabilities document, host first; built once, the config is fixed.
+    /// deviceId -> capabilities document, host first; rebuilt when the host
+    /// configuration is reloaded.
     documents: Vec<(String, Value)>,
     state: SyncState,
     outbox: Outbox,
@@ -272,6 +273,7 @@ impl WfmClient {
         mut self,
         reconciler: &mut Reconciler,
         shutdown: impl std::future::Future<Output = ()>,
+        reconfigured: &mut tokio::sync::mpsc::UnboundedReceiver<crate::deploy::Reconfiguration>,
         mut on_applied: impl FnMut(&Reconciler),
     ) {
         self.restore(reconciler).await;
@@ -318,16 +320,21 @@ impl WfmClient {
             // statuses go out with the next cycle.
             let until = tokio::time::Instant::now() + wait;
             loop {
-                let progressed = tokio::select! {
-                    _ = tokio::time::sleep_until(until) => false,
-                    _ = reconciler.install_progress() => true,
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until) => break,
+                    _ = reconciler.install_progress() => {
+                        reconciler.advance().await;
+                        on_applied(reconciler);
+                    }
+                    Some(change) = reconfigured.recv() => {
+                        // At once, not at the next poll: the WFM hears the new targets
+                        // and the moved deployments' statuses in this cycle.
+                        self.reconfigure(change.config.clone());
+                        reconciler.reconfigure(&change);
+                        break;
+                    }
                     _ = &mut shutdown => break 'cycles,
-                };
-                if !progressed {
-                    break;
                 }
-                reconciler.advance().await;
-                on_applied(reconciler);
             }
         }
         // Stopping: hand the WFM what changed since the last cycle (deployments the
@@ -342,6 +349,14 @@ impl WfmClient {
                 tracing::warn!(error = %err, pending = self.outbox.len(), "status reports not delivered before stopping; they stay queued for the next start");
             }
         }
+    }
+
+    /// A reloaded host configuration: the capabilities documents follow it, and the
+    /// next cycle sends what changed and unregisters removed partitions.
+    fn reconfigure(&mut self, config: Config) {
+        self.identity = DeviceIdentity::from_config(&config);
+        self.documents = capabilities::documents(&config, &self.identity, self.settings.profile);
+        self.config = config;
     }
 
     fn backoff(&self, err: &CycleError, failures: u32) -> Duration {

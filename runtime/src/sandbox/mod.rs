@@ -44,6 +44,10 @@ pub enum AdmissionError {
     Busy { partition: String, limit: u32 },
 }
 
+/// The partitions as they are now: the admin listener reads them, a reloaded host
+/// configuration replaces them.
+pub type SharedPartitions = Arc<arc_swap::ArcSwap<Vec<Arc<Partition>>>>;
+
 /// A live partition.
 pub struct Partition {
     pub id: String,
@@ -138,6 +142,36 @@ impl Partition {
             kv,
             files_dir,
             storage,
+            guests,
+        }))
+    }
+
+    /// The same partition under a changed configuration (a reloaded host config): the
+    /// same data (key-value store and files; the caller sets the store's new quota when
+    /// it commits to the change), new budgets, slots and guest threads. Instances already running keep the old budgets until they
+    /// end, so for one request deadline both sets of limits are in use.
+    pub fn resized(&self, config: &PartitionConfig) -> Result<Arc<Self>, SandboxError> {
+        debug_assert_eq!(config.id, self.id);
+        let guests = GuestRuntime::new(&config.id, config.cpu)?;
+        let slots = Arc::new(Semaphore::new(config.concurrency() as usize));
+        // One sample shared with the old partition: an instance of either marks it.
+        guests.spawn(sample_storage(
+            self.storage.clone(),
+            self.kv.clone(),
+            self.files_dir.clone(),
+            slots.clone(),
+            config.concurrency(),
+        ));
+        Ok(Arc::new(Self {
+            id: self.id.clone(),
+            device_id: self.device_id.clone(),
+            config: config.clone(),
+            memory: Arc::new(MemoryBudget::new(config.memory.0)),
+            cpu: Arc::new(CpuShare::new(config.cpu)),
+            slots,
+            kv: self.kv.clone(),
+            files_dir: self.files_dir.clone(),
+            storage: self.storage.clone(),
             guests,
         }))
     }

@@ -130,6 +130,19 @@ struct OutcomeLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+/// How a configuration reload (SIGHUP) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadResult {
+    Applied,
+    /// Invalid, needing a restart, or not applicable: the running one stays.
+    Refused,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct KindOutcomeLabels {
     kind: &'static str,
     outcome: &'static str,
@@ -604,6 +617,7 @@ pub struct Metrics {
     pub aot: AotMetrics,
     pub oci: OciMetrics,
     pub wfm: WfmMetrics,
+    reloads: Family<ResultLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -710,6 +724,16 @@ impl Metrics {
             "1 while the accepted-manifest record cannot be read and no desired state is accepted",
             wfm.unreadable.clone(),
         );
+        let reloads = Family::<ResultLabels, Counter>::default();
+        for result in ["applied", "refused"] {
+            // Both series from the start: a scraper sees 0 rather than no series.
+            let _ = reloads.get_or_create(&ResultLabels { result });
+        }
+        r.register(
+            "wasmgate_config_reloads",
+            "Configuration reloads (SIGHUP), by result: applied, or refused with the running configuration kept",
+            reloads.clone(),
+        );
         Self {
             registry,
             workloads,
@@ -719,7 +743,16 @@ impl Metrics {
             aot,
             oci,
             wfm,
+            reloads,
         }
+    }
+
+    pub fn config_reload(&self, result: ReloadResult) {
+        let result = match result {
+            ReloadResult::Applied => "applied",
+            ReloadResult::Refused => "refused",
+        };
+        self.reloads.get_or_create(&ResultLabels { result }).inc();
     }
 
     /// The handles of one workload; call once when it is built.

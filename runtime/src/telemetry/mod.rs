@@ -14,9 +14,9 @@ pub mod otlp;
 mod subscriber;
 
 pub use otlp::{OtlpError, OtlpSettings, Pipeline, Signal};
-pub use subscriber::{export_layers, init};
+pub use subscriber::{export_layers, init, set_log_filter, LogFilterChange, DEFAULT_LOG_FILTER};
 
 pub use metrics::{
     AotMetrics, FailureKind, Format, Metrics, OciMetrics, OciPull, PartitionSample,
-    ReconcileMetrics, ReconcileOutcome, WfmMetrics, WorkloadMetrics,
+    ReconcileMetrics, ReconcileOutcome, ReloadResult, WfmMetrics, WorkloadMetrics,
 };

@@ -2,10 +2,11 @@
 //! pipeline runs, spans to OTLP traces and events to OTLP log records.
 
 use super::otlp::{OtlpError, OtlpSettings, Pipeline};
+use std::sync::OnceLock;
 use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer};
+use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
 
 /// Crates on the export path itself: their spans and events would be exported by
 /// the very requests they describe, a loop that feeds itself.
@@ -55,13 +56,65 @@ where
     Layer::and_then(traces, logs)
 }
 
-/// Installs the global subscriber. `WASMGATE_LOG` (an `EnvFilter`) selects what is
-/// logged and exported alike. With `otlp` set and an endpoint known, the pipeline
-/// starts and is returned: the caller shuts it down (flushing) before exiting.
-pub fn init(otlp: Option<&OtlpSettings>) -> Result<Option<Pipeline>, OtlpError> {
+/// What is logged when neither the configuration's `log-filter` nor `WASMGATE_LOG`
+/// says.
+pub const DEFAULT_LOG_FILTER: &str = "info,cranelift=warn,wasmtime=warn";
+
+/// The variable whose filter wins over the configuration's.
+const LOG_ENV: &str = "WASMGATE_LOG";
+
+/// The installed filter, replaced by [`set_log_filter`].
+static LOG_FILTER: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
+
+/// The filter in force: `WASMGATE_LOG` when set and valid, else `configured`, else
+/// [`DEFAULT_LOG_FILTER`].
+fn log_filter(configured: Option<&str>) -> EnvFilter {
+    EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| {
+        configured
+            .and_then(|f| EnvFilter::try_new(f).ok())
+            .unwrap_or_else(|| EnvFilter::new(DEFAULT_LOG_FILTER))
+    })
+}
+
+/// What [`set_log_filter`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFilterChange {
+    Applied,
+    /// `WASMGATE_LOG` is set and keeps deciding.
+    OverriddenByEnvironment,
+    /// No subscriber of ours is installed (a library user, a test).
+    NotInstalled,
+}
+
+/// Replaces the filter of the installed subscriber with `configured` (a reloaded
+/// configuration's `log-filter`, `None` for the default). Directives that do not parse
+/// are an error and change nothing; the configuration check refuses them earlier.
+pub fn set_log_filter(configured: Option<&str>) -> Result<LogFilterChange, String> {
+    if std::env::var_os(LOG_ENV).is_some() {
+        return Ok(LogFilterChange::OverriddenByEnvironment);
+    }
+    let filter = EnvFilter::try_new(configured.unwrap_or(DEFAULT_LOG_FILTER))
+        .map_err(|e| format!("log-filter: {e}"))?;
+    let Some(handle) = LOG_FILTER.get() else {
+        return Ok(LogFilterChange::NotInstalled);
+    };
+    handle
+        .reload(filter)
+        .map(|()| LogFilterChange::Applied)
+        .map_err(|e| format!("log-filter: {e}"))
+}
+
+/// Installs the global subscriber. `WASMGATE_LOG` (an `EnvFilter`), else
+/// `log_filter` (the configuration's), selects what is logged and exported alike; it
+/// can be replaced later with [`set_log_filter`]. With `otlp` set and an endpoint
+/// known, the pipeline starts and is returned: the caller shuts it down (flushing)
+/// before exiting.
+pub fn init(
+    otlp: Option<&OtlpSettings>,
+    configured_filter: Option<&str>,
+) -> Result<Option<Pipeline>, OtlpError> {
     let pipeline = otlp.map(Pipeline::start).transpose()?.flatten();
-    let filter = EnvFilter::try_from_env("WASMGATE_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,cranelift=warn,wasmtime=warn"));
+    let (filter, handle) = reload::Layer::new(log_filter(configured_filter));
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
@@ -71,6 +124,7 @@ pub fn init(otlp: Option<&OtlpSettings>) -> Result<Option<Pipeline>, OtlpError> 
         .with(stderr)
         .with(export)
         .init();
+    let _ = LOG_FILTER.set(handle);
     if let Some(p) = &pipeline {
         for (signal, url) in p.endpoints() {
             tracing::info!(signal = signal.as_str(), endpoint = %super::otlp::redacted(url), "exporting OTLP");

@@ -159,11 +159,16 @@ impl Wasmgate {
     }
 
     /// [`Wasmgate::spawn`] with `filter` as `WASMGATE_LOG`: long runs keep every log line
-    /// in this process, so they log less than the per-request `info` lines.
+    /// in this process, so they log less than the per-request `info` lines. An empty
+    /// `filter` leaves `WASMGATE_LOG` unset (the configuration's `log-filter` decides).
     pub fn spawn_logging(mut command: Command, args: &[&str], filter: &str) -> Self {
+        if filter.is_empty() {
+            command.env_remove("WASMGATE_LOG");
+        } else {
+            command.env("WASMGATE_LOG", filter);
+        }
         let mut child = command
             .args(args)
-            .env("WASMGATE_LOG", filter)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

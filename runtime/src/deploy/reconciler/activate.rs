@@ -8,7 +8,7 @@ use super::report::Failure;
 use super::timers::TimerHandle;
 use crate::deploy::eligibility;
 use crate::deploy::model::{ComponentSpec, Deployment};
-use crate::deploy::placement::place;
+use crate::deploy::placement::place_keeping;
 use crate::deploy::store::Pin;
 use crate::sandbox::Partition;
 use crate::telemetry::Metrics;
@@ -63,6 +63,12 @@ pub struct Host<'a> {
     pub metrics: &'a Metrics,
 }
 
+/// Whether `partition` is one of `partitions` as they are now (not a version a
+/// reloaded configuration resized or removed).
+pub fn placed_in(partition: &Arc<Partition>, partitions: &[Arc<Partition>]) -> bool {
+    partitions.iter().any(|p| Arc::ptr_eq(p, partition))
+}
+
 pub fn activate(
     host: &Host<'_>,
     deployment: &Deployment,
@@ -71,7 +77,9 @@ pub fn activate(
     let requirement = requirement(deployment);
     let mut committed: BTreeMap<String, u64> = BTreeMap::new();
     for (id, applied) in host.applied {
-        if id != &deployment.id {
+        // What runs in a partition that changed or left is placed again after this, in
+        // source order; it holds no room in the new partitions yet.
+        if id != &deployment.id && placed_in(&applied.partition, host.partitions) {
             *committed.entry(applied.partition.id.clone()).or_default() += applied.memory;
         }
     }
@@ -81,7 +89,12 @@ pub fn activate(
         }
         None => Ok(()),
     };
-    let partition = place(
+    let current = host
+        .applied
+        .get(&deployment.id)
+        .map(|a| a.partition.id.as_str());
+    let partition = place_keeping(
+        current,
         deployment.device_id.as_deref(),
         host.device_id,
         host.partitions,

@@ -184,6 +184,9 @@ impl Reconciler {
                 if retry {
                     self.schedule_retry(&source, &yaml_digest);
                 }
+                if self.misplaced(&deployment.id) {
+                    self.evict(&deployment.id);
+                }
                 self.fail(&item, &deployment, failure);
             }
             Some(Outcome::Unchanged { fingerprint }) => {
@@ -223,7 +226,12 @@ impl Reconciler {
                 };
                 let prepared = match activate(&host, &deployment, &built) {
                     Ok(prepared) => prepared,
-                    Err(failure) => return self.fail(&item, &deployment, failure),
+                    Err(failure) => {
+                        if self.misplaced(&deployment.id) {
+                            self.evict(&deployment.id);
+                        }
+                        return self.fail(&item, &deployment, failure);
+                    }
                 };
                 let timers = prepared
                     .workloads
