@@ -381,8 +381,8 @@ struct DockerAuth {
 /// Credentials for `registry` from a docker-style auth file.
 fn auth_from_file(path: &std::path::Path, registry: &str) -> Result<Option<RegistryAuth>, String> {
     use base64::Engine as _;
-    let text = std::fs::read(path)
-        .map_err(|e| format!("cannot read the registry auth file {}: {e}", path.display()))?;
+    let text = crate::fsutil::read_regular_bounded(path, MAX_AUTH_FILE)
+        .map_err(|e| format!("registry auth file: {e}"))?;
     let config: DockerConfig = serde_json::from_slice(&text).map_err(|e| {
         format!(
             "the registry auth file {} is not a docker-style config.json: {e}",
@@ -430,10 +430,19 @@ fn auth_from_file(path: &std::path::Path, registry: &str) -> Result<Option<Regis
     Ok(None)
 }
 
+/// The largest docker-style auth file read (one holds a few entries).
+const MAX_AUTH_FILE: u64 = 1 << 20;
+/// The largest password or token file read (registry tokens are a few KiB at most).
+const MAX_SECRET_FILE: u64 = 64 << 10;
+
+/// A password or token file: a regular file of bounded size (a FIFO or a device named
+/// by mistake must not hang the pull or fill memory), trailing newlines dropped.
 fn read_secret(path: &std::path::Path) -> Result<String, String> {
-    std::fs::read_to_string(path)
+    let bytes =
+        crate::fsutil::read_regular_bounded(path, MAX_SECRET_FILE).map_err(|e| e.to_string())?;
+    String::from_utf8(bytes)
         .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))
+        .map_err(|_| format!("{} is not UTF-8 text", path.display()))
 }
 
 /// Installs the process-wide rustls crypto provider (ring) once.

@@ -47,12 +47,27 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The largest PEM file (certificates, chains, keys) read: far above any real chain, and
+/// a bound on what a wrong path (a device, a log file) can make the host hold.
+pub const MAX_PEM_FILE: u64 = 1 << 20;
+
+/// The bytes of the regular file `path`, at most `limit`: a FIFO cannot hang the read,
+/// a device cannot fill memory. Blocking I/O.
+pub fn read_small_file(what: &'static str, path: &Path, limit: u64) -> Result<Vec<u8>, TlsError> {
+    crate::fsutil::read_regular_bounded(path, limit).map_err(|e| TlsError::Read {
+        what,
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })
+}
+
 pub fn read_certs(
     what: &'static str,
     path: &Path,
 ) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+    let pem = read_small_file(what, path, MAX_PEM_FILE)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::Read {
             what,
             path: path.display().to_string(),
@@ -99,7 +114,8 @@ pub fn check_key_file(what: &'static str, path: &Path) -> Result<(), TlsError> {
 /// Reads a PEM private key after [`check_key_file`].
 pub fn read_key(what: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     check_key_file(what, path)?;
-    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::Read {
+    let pem = read_small_file(what, path, MAX_PEM_FILE)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| TlsError::Read {
         what,
         path: path.display().to_string(),
         message: e.to_string(),
@@ -449,6 +465,35 @@ mod tests {
         ] {
             assert!(ClientIdentity::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn certificate_and_key_files_are_read_bounded_and_regular() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["x.example".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (cert_path, key_path) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        std::fs::set_permissions(
+            &key_path,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        assert_eq!(read_certs("cert", &cert_path).unwrap().len(), 1);
+        read_key("key", &key_path).unwrap();
+        // A device in the configuration is refused, not read until memory runs out.
+        let err = read_certs("cert", Path::new("/dev/zero")).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        // Nor a file past the limit, even if it starts with a valid certificate.
+        let mut big = cert.pem().into_bytes();
+        big.resize(MAX_PEM_FILE as usize + 1, b'\n');
+        std::fs::write(&cert_path, big).unwrap();
+        let err = read_certs("cert", &cert_path).unwrap_err();
+        assert!(err.to_string().contains("limit"), "{err}");
     }
 
     fn leaf_with(usages: Vec<rcgen::KeyUsagePurpose>) -> Vec<u8> {

@@ -5,7 +5,9 @@
 use super::http::{self as wire, Response};
 use super::settings::{Profile, WfmSettings};
 use super::signing;
-use super::tls::{self, ClientIdentity, TlsError, TrustAnchors, TrustBundle};
+use super::tls::{
+    self, read_small_file, ClientIdentity, TlsError, TrustAnchors, TrustBundle, MAX_PEM_FILE,
+};
 use base64::Engine as _;
 use bytes::Bytes;
 use httpsig_hyper::prelude::{AlgorithmName, SecretKey};
@@ -72,8 +74,6 @@ struct Discovery {
 
 /// The largest trust bundle accepted, fetched or read from a file.
 const MAX_TRUST_BUNDLE: u64 = 1 << 20;
-/// The largest rc2 client certificate or key file read.
-const MAX_PEM_FILE: u64 = 1 << 20;
 /// The largest `client-id` file read (an id is a short URL-safe token).
 const MAX_CLIENT_ID: u64 = 4 << 10;
 
@@ -313,16 +313,6 @@ impl Transport {
             Profiled::Rc2(_) => None,
         }
     }
-}
-
-/// A regular file of at most `limit` bytes (a FIFO or an endless special file in the
-/// configuration must not hang or fill the host). Blocking file I/O.
-fn read_small_file(what: &'static str, path: &Path, limit: u64) -> Result<Vec<u8>, TlsError> {
-    crate::fsutil::read_regular_bounded(path, limit).map_err(|e| TlsError::Read {
-        what,
-        path: path.display().to_string(),
-        message: e.to_string(),
-    })
 }
 
 fn read_trust_file(file: &Path) -> Result<Vec<u8>, TlsError> {
