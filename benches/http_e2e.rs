@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::time::Instant;
 use wasmgate::deploy::{Reconciler, StatusBoard};
 use wasmgate::engine::AotCache;
-use wasmgate::ingress::{self, Ingress};
+use wasmgate::ingress;
+use wasmgate::trigger::{self, HttpTrigger};
 use wasmgate_benches::{
     bare, multi_thread_runtime, paired, serve_static, Allocator, BoxedRoutine, Client, OurHost,
     Routine, PLAIN_HELLO,
@@ -30,7 +31,7 @@ fn http_e2e(c: &mut Criterion) {
 
     let (ours, bare_addr, static_addr, _reconciler) = rt.block_on(async {
         // wasmgate: reconciler + ingress, as `wasmgate run plain_hello.wasm` sets them up.
-        let routes = ingress::shared_routes();
+        let routes = trigger::shared_routes();
         let aot = AotCache::new(&engine, host.state_dir.path().join("aot"));
         let mut reconciler = Reconciler::new(
             host.engine.clone(),
@@ -48,7 +49,7 @@ fn http_e2e(c: &mut Criterion) {
         let ours = listener.local_addr().unwrap();
         tokio::spawn(ingress::serve(
             listener,
-            Ingress {
+            HttpTrigger {
                 routes,
                 max_body: 16 << 20,
             },

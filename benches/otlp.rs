@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 use tracing_subscriber::layer::SubscriberExt;
 use wasmgate::deploy::{Reconciler, StatusBoard};
 use wasmgate::engine::AotCache;
-use wasmgate::ingress::{self, Ingress};
+use wasmgate::ingress;
 use wasmgate::telemetry::{OtlpSettings, Pipeline};
+use wasmgate::trigger::{self, HttpTrigger};
 use wasmgate_benches::{
     multi_thread_runtime, paired, serve_static, Allocator, BoxedRoutine, Client, OurHost, Routine,
     PLAIN_HELLO,
@@ -28,7 +29,7 @@ static EXPORTING: AtomicBool = AtomicBool::new(false);
 
 /// A reconciler serving `plain-hello` on a fresh ingress listener.
 async fn serve(host: &OurHost) -> (std::net::SocketAddr, Reconciler) {
-    let routes = ingress::shared_routes();
+    let routes = trigger::shared_routes();
     let aot = AotCache::new(&host.engine.engine, host.state_dir.path().join("aot"));
     let mut reconciler = Reconciler::new(
         host.engine.clone(),
@@ -46,7 +47,7 @@ async fn serve(host: &OurHost) -> (std::net::SocketAddr, Reconciler) {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(ingress::serve(
         listener,
-        Ingress {
+        HttpTrigger {
             routes,
             max_body: 16 << 20,
         },

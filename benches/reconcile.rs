@@ -27,7 +27,7 @@ fn reconciler(host: &OurHost, aot_dir: &Path) -> Reconciler {
         AotCache::new(&host.engine.engine, aot_dir),
         wasmgate_benches::DEVICE.to_owned(),
         host.partitions.clone(),
-        wasmgate::ingress::shared_routes(),
+        wasmgate::trigger::shared_routes(),
         Arc::new(StatusBoard::default()),
     )
     .expect("reconciler")

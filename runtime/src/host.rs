@@ -2,6 +2,7 @@
 //! reconciler, ingress and admin listeners, the local-mode folder watch, and the
 //! signals (SIGTERM / SIGINT drain, SIGHUP reloads the configuration).
 
+mod admin;
 mod listeners;
 mod reload;
 
@@ -10,8 +11,10 @@ pub use reload::{ConfigSource, Overrides};
 use crate::config::Config;
 use crate::deploy::{local, DesiredDeployment, Reconciler, Reconfiguration, StatusBoard};
 use crate::engine::{PoolSizing, WasmEngine};
-use crate::ingress::{self, AdminState, Ingress};
+use crate::ingress;
 use crate::sandbox::{Partition, SharedPartitions};
+use crate::trigger::{self, HttpTrigger};
+use admin::AdminState;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
@@ -71,7 +74,7 @@ pub struct Host {
     partitions: SharedPartitions,
     /// The pool the engine was planned for: a reload may not need more.
     pool: PoolSizing,
-    routes: ingress::SharedRoutes,
+    routes: trigger::SharedRoutes,
     status: Arc<StatusBoard>,
     announced: Vec<String>,
     _ticker: crate::engine::EpochTicker,
@@ -91,7 +94,7 @@ impl Host {
         let engine = WasmEngine::new(pool)?;
         let ticker = engine.start_epoch_ticker();
         let aot = engine.aot_cache(config.state_dir.join("aot"));
-        let routes = ingress::shared_routes();
+        let routes = trigger::shared_routes();
         let status = Arc::new(StatusBoard::default());
         let reconciler = Reconciler::new(
             engine,
@@ -144,7 +147,7 @@ impl Host {
         let listeners = listeners::Listeners::start(
             self.config.http.listen,
             self.config.http.admin,
-            Ingress {
+            HttpTrigger {
                 routes: self.routes.clone(),
                 max_body: self.config.http.max_request_body.0,
             },
@@ -152,7 +155,6 @@ impl Host {
                 device_id: self.config.device_id(),
                 status: self.status.clone(),
                 partitions: self.partitions.clone(),
-                routes: self.routes.clone(),
                 metrics: self.reconciler.metrics().clone(),
                 allowed_hosts: self.config.http.admin_hosts.clone(),
             },

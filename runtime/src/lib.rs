@@ -15,6 +15,7 @@ pub mod names;
 pub mod sandbox;
 pub mod service;
 pub mod telemetry;
+pub mod trigger;
 pub mod types;
 pub mod units;
 pub mod workload;

@@ -2,6 +2,7 @@
 //! valid values. The wasmgate-specific part lives in each component's
 //! `x-wasmgate-extensions` object ([`WasmgateExtensions`]).
 
+use crate::trigger::{HttpRoute, TimerSchedule};
 use crate::units::{ByteSize, HumanDuration};
 use serde::Deserialize;
 use serde_json::Value;
@@ -184,23 +185,12 @@ pub struct ComponentSpec {
 /// `x-wasmgate-extensions` of a component.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct WasmgateExtensions {
-    pub http: Option<HttpTrigger>,
-    pub timer: Option<TimerTrigger>,
+    pub http: Option<HttpRoute>,
+    pub timer: Option<TimerSchedule>,
     pub memory: Option<u64>,
     pub timeout: Option<Duration>,
     pub data_dir: bool,
     pub outbound: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpTrigger {
-    pub route: String,
-    pub host: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TimerTrigger {
-    pub every: Duration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -679,8 +669,8 @@ fn parse_extensions(at: &str, value: Value) -> Result<WasmgateExtensions, ModelE
                         ),
                     ));
                 }
-                ext.http = Some(HttpTrigger {
-                    route: crate::ingress::normalize_prefix(&http.route),
+                ext.http = Some(HttpRoute {
+                    route: crate::trigger::normalize_prefix(&http.route),
                     host: http.host.as_deref().map(crate::names::canonical_host),
                 });
             }
@@ -694,7 +684,7 @@ fn parse_extensions(at: &str, value: Value) -> Result<WasmgateExtensions, ModelE
                         format!("expected at least {MIN_TIMER_PERIOD:?}"),
                     ));
                 }
-                ext.timer = Some(TimerTrigger {
+                ext.timer = Some(TimerSchedule {
                     every: timer.every.0,
                 });
             }

@@ -18,7 +18,6 @@ mod install;
 mod plan;
 mod records;
 mod report;
-mod timers;
 
 use activate::Applied;
 use flight::InFlight;
@@ -33,9 +32,9 @@ use super::model::{Deployment, Outline};
 use super::status::{DeploymentState, StatusBoard};
 use super::store::{document_digest, AppliedStore, GcPolicy};
 use crate::engine::{AotCache, WasmEngine};
-use crate::ingress::{Route, RouteTable, SharedRoutes};
 use crate::sandbox::Partition;
 use crate::telemetry::{Metrics, ReconcileOutcome};
+use crate::trigger::{RouteTable, SharedRoutes};
 use crate::workload::InstanceState;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -520,25 +519,11 @@ impl Reconciler {
     }
 
     fn publish_routes(&self) {
-        let routes = self
-            .applied
-            .values()
-            .flat_map(|a| {
-                a.workloads.iter().filter_map(|(spec, workload)| {
-                    spec.extensions.http.as_ref().map(|http| Route {
-                        host: http.host.clone(),
-                        prefix: http.route.clone(),
-                        workload: workload.clone(),
-                    })
-                })
-            })
-            .collect();
-        let workloads = self
-            .applied
-            .values()
-            .flat_map(|a| a.workloads.iter().map(|(_, w)| w.clone()))
-            .collect();
-        self.routes
-            .store(Arc::new(RouteTable::new(routes, workloads)));
+        let table = RouteTable::of(self.applied.values().flat_map(|a| {
+            a.workloads
+                .iter()
+                .map(|(spec, workload)| (spec.extensions.http.as_ref(), workload.clone()))
+        }));
+        self.routes.store(Arc::new(table));
     }
 }

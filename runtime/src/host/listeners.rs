@@ -2,7 +2,9 @@
 //! new socket is bound before anything changes (a refused bind refuses the reload), the
 //! old one stops accepting and drains its connections like at shutdown.
 
-use crate::ingress::{self, AdminState, ConnectionLimits, Ingress, Shutdown};
+use super::admin::{self, AdminState};
+use crate::ingress::{self, ConnectionLimits, Shutdown};
+use crate::trigger::HttpTrigger;
 use anyhow::Context;
 use std::net::SocketAddr;
 use tokio::net::TcpListener;
@@ -20,7 +22,7 @@ struct Running {
 /// What runs, plus every accept loop started (also those replaced and draining), so
 /// the host can wait for all of them at exit.
 pub struct Listeners {
-    ingress: Ingress,
+    ingress: HttpTrigger,
     admin: AdminState,
     limits: ConnectionLimits,
     /// The host's shutdown: it stops every loop, current or draining.
@@ -54,7 +56,7 @@ impl Listeners {
     pub async fn start(
         listen: SocketAddr,
         admin_addr: Option<SocketAddr>,
-        ingress: Ingress,
+        ingress: HttpTrigger,
         admin: AdminState,
         limits: ConnectionLimits,
         shutdown: Shutdown,
@@ -161,7 +163,7 @@ impl Listeners {
     ) -> anyhow::Result<Running> {
         let (admin, limits) = (self.admin.clone(), self.limits.admin());
         self.spawn_loop(configured, listener, |l, stop| {
-            ingress::serve_admin(l, admin, limits, stop)
+            admin::serve_admin(l, admin, limits, stop)
         })
     }
 

@@ -5,7 +5,7 @@
 //! before the request body was read (413) reaches the client instead of a reset.
 
 use super::Shutdown;
-use crate::workload::ResponseBody;
+use crate::trigger::ResponseBody;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
@@ -420,7 +420,7 @@ fn http1_builder(limits: &ConnectionLimits) -> hyper::server::conn::http1::Build
 /// Accepts connections on `listener` until `shutdown`, then stops accepting (new
 /// connection attempts are refused), lets open connections finish their requests and
 /// returns once all are closed. The caller bounds how long that may take.
-pub(crate) async fn serve_with<F, Fut>(
+pub async fn serve_with<F, Fut>(
     name: &'static str,
     listener: TcpListener,
     limits: ConnectionLimits,

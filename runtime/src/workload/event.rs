@@ -2,45 +2,43 @@
 
 use super::{InstanceState, InvocationError, Workload};
 use std::sync::Arc;
-use wasmtime::component::{Component, ComponentExportIndex, ComponentType, Instance, Lower};
+use wasmtime::component::{Instance, InstancePre};
 use wasmtime::Store;
 
-const INTERFACE: &str = "margo:edge/event-handler@0.1.0";
-
-/// `margo:edge/event-handler.tick`
-#[derive(Debug, Clone, Copy, ComponentType, Lower)]
-#[component(record)]
-pub struct Tick {
-    pub sequence: u64,
-    #[component(name = "scheduled-at-ms")]
-    pub scheduled_at_ms: u64,
-    #[component(name = "period-ms")]
-    pub period_ms: u64,
+mod bindings {
+    // Only the export: the imports of an event function are linked by `super::linker`.
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        inline: "
+            package wasmgate:host;
+            world event-trigger {
+                export margo:edge/event-handler@0.1.0;
+            }
+        ",
+        world: "wasmgate:host/event-trigger",
+        exports: { default: async },
+    });
 }
 
-/// `margo:edge/event-handler.trigger`
-#[derive(Debug, Clone, Copy, ComponentType, Lower)]
-#[component(variant)]
-pub enum Trigger {
-    #[component(name = "timer")]
-    Timer(Tick),
-}
+pub use bindings::exports::margo::edge::event_handler::{Tick, Trigger};
 
-/// The located `handle` export of a component.
-#[derive(Debug, Clone)]
+/// The `handle` export of a component, located and type-checked once when the workload
+/// is built, so a call only looks up an index.
 pub struct EventExport {
-    handle: ComponentExportIndex,
+    indices: bindings::EventTriggerIndices,
+}
+
+impl std::fmt::Debug for EventExport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EventExport")
+    }
 }
 
 impl EventExport {
-    pub fn find(component: &Component) -> Result<Self, String> {
-        let (_, interface) = component
-            .get_export(None, INTERFACE)
-            .ok_or_else(|| format!("no export named {INTERFACE}"))?;
-        let (_, handle) = component
-            .get_export(Some(&interface), "handle")
-            .ok_or_else(|| format!("{INTERFACE} has no function `handle`"))?;
-        Ok(Self { handle })
+    pub fn find(pre: &InstancePre<InstanceState>) -> Result<Self, String> {
+        bindings::EventTriggerIndices::new(pre)
+            .map(|indices| Self { indices })
+            .map_err(|e| format!("{e:#}"))
     }
 }
 
@@ -51,10 +49,11 @@ async fn call_handler(
     export: &EventExport,
     trigger: Trigger,
 ) -> wasmtime::Result<Result<(), String>> {
-    let func = instance
-        .get_typed_func::<(Trigger,), (Result<(), String>,)>(&mut *store, &export.handle)?;
-    let (outcome,) = func.call_async(&mut *store, (trigger,)).await?;
-    Ok(outcome)
+    let bindings = export.indices.load(&mut *store, instance)?;
+    bindings
+        .margo_edge_event_handler()
+        .call_handle(&mut *store, trigger)
+        .await
 }
 
 impl Workload {

@@ -189,7 +189,7 @@ impl Workload {
         };
         let event = if needs.event {
             Some(
-                EventExport::find(component).map_err(|detail| WorkloadError::MissingExport {
+                EventExport::find(&pre).map_err(|detail| WorkloadError::MissingExport {
                     label: spec.label(),
                     trigger: "timer",
                     export: "margo:edge/event-handler@0.1.0",

@@ -5,13 +5,13 @@
 use super::install::Built;
 use super::plan::requirement;
 use super::report::Failure;
-use super::timers::TimerHandle;
 use crate::deploy::eligibility;
 use crate::deploy::model::{ComponentSpec, Deployment};
 use crate::deploy::placement::place_keeping;
 use crate::deploy::store::Pin;
 use crate::sandbox::Partition;
 use crate::telemetry::Metrics;
+use crate::trigger::TimerHandle;
 use crate::units::ByteSize;
 use crate::workload::{Exports, InstanceState, Workload, WorkloadSpec};
 use std::collections::BTreeMap;

@@ -4,7 +4,7 @@
 use super::activate::{activate, Applied, Host};
 use super::install::{self, Event, Job, Outcome};
 use super::plan::{self, Footprint, Stage};
-use super::{timers, DesiredDeployment, Reconciler};
+use super::{DesiredDeployment, Reconciler};
 use crate::deploy::model::Deployment;
 use crate::deploy::status::DeploymentState;
 use crate::deploy::store::Pin;
@@ -238,7 +238,7 @@ impl Reconciler {
                     .iter()
                     .filter_map(|(spec, w)| {
                         let every = spec.extensions.timer.as_ref()?.every;
-                        Some(timers::start_timer(w.clone(), every))
+                        Some(crate::trigger::start_timer(w.clone(), every))
                     })
                     .collect();
                 let previous = self.applied.insert(

@@ -1,8 +1,14 @@
-//! Timer triggers of running deployments.
+//! The timer trigger: runs a workload's event handler every period.
 
 use crate::workload::{Tick, Workload};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+
+/// `trigger.timer` of a component.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimerSchedule {
+    pub every: Duration,
+}
 
 /// A running timer; stops when dropped.
 pub struct TimerHandle {

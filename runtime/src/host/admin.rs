@@ -2,12 +2,11 @@
 //! state), `/status` (JSON), `/metrics` (Prometheus text format, or OpenMetrics when
 //! asked for; rendered by [`crate::telemetry::Metrics`]).
 
-use super::server::serve_with;
-use super::{ConnectionLimits, SharedRoutes, Shutdown};
 use crate::deploy::StatusBoard;
+use crate::ingress::{serve_with, ConnectionLimits, Shutdown};
 use crate::sandbox::SharedPartitions;
 use crate::telemetry::{Format, Metrics, PartitionSample};
-use crate::workload::{error_response, ResponseBody};
+use crate::trigger::{error_response, ResponseBody};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use std::fmt::Write;
@@ -20,7 +19,6 @@ pub struct AdminState {
     pub status: Arc<StatusBoard>,
     /// The partitions as they are now (a reloaded configuration swaps them).
     pub partitions: SharedPartitions,
-    pub routes: SharedRoutes,
     pub metrics: Arc<Metrics>,
     /// `[http] admin-hosts`: names accepted in `Host` besides IP literals and `localhost`.
     pub allowed_hosts: Vec<String>,
