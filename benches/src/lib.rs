@@ -11,9 +11,10 @@ use http_body_util::{BodyExt, Empty};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use wasmgate::config::{Config, PartitionConfig};
+use wasmgate::config::Config;
 use wasmgate::engine::{EpochTicker, PoolSizing, WasmEngine};
 use wasmgate::sandbox::Partition;
+use wasmgate::sandbox::PartitionSettings;
 use wasmgate::workload::{Exports, InstanceState, Workload, WorkloadSpec};
 use wasmgate_host_api::ConfigVars;
 use wasmtime::component::{Component, Linker};
@@ -37,7 +38,7 @@ pub const DEVICE: &str = "bench";
 
 /// `count` partitions `p0`, `p1`, ... as a config file would declare them: 1 core, 1 GiB,
 /// default concurrency (32) and per-instance memory (128 MiB).
-pub fn partition_configs(count: usize) -> Vec<PartitionConfig> {
+pub fn partition_configs(count: usize) -> Vec<PartitionSettings> {
     let mut toml = format!("[device]\nid = \"{DEVICE}\"\n");
     for i in 0..count {
         toml.push_str(&format!(
@@ -51,14 +52,14 @@ pub fn partition_configs(count: usize) -> Vec<PartitionConfig> {
 
 /// The pool sizing `wasmgate up` derives from `partitions` (see `host.rs`): one slot per
 /// unit of partition concurrency, memories as large as the largest per-instance limit.
-pub fn pool_sizing(partitions: &[PartitionConfig]) -> PoolSizing {
+pub fn pool_sizing(partitions: &[PartitionSettings]) -> PoolSizing {
     PoolSizing {
         instances: partitions.iter().map(|p| p.concurrency()).sum(),
         max_instance_memory: partitions
             .iter()
             .map(|p| p.instance_memory())
             .max()
-            .unwrap_or(wasmgate::config::DEFAULT_INSTANCE_MEMORY),
+            .unwrap_or(wasmgate::sandbox::DEFAULT_INSTANCE_MEMORY),
     }
 }
 

@@ -21,18 +21,15 @@ fuzz_target!(|data: &[u8]| {
     let Ok(config) = Config::parse(text) else {
         return;
     };
+    let device = config.device_profile();
     let identity = DeviceIdentity {
-        id: config
-            .device
-            .as_ref()
-            .and_then(|d| d.id.clone())
-            .unwrap_or_else(|| "fuzz-device".into()),
+        id: device.id.clone(),
         vendor: "v".into(),
         model: "m".into(),
         serial: "s".into(),
     };
     for profile in [Profile::Rc3, Profile::Rc2] {
-        let docs = documents(&config, &identity, profile);
+        let docs = documents(&device, &identity, profile);
         assert!(!docs.is_empty());
         for (device_id, doc) in docs {
             assert!(device_id.starts_with(&identity.id));

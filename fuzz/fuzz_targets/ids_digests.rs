@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wasmgate::config::is_valid_id_segment;
+use wasmgate::types::is_valid_id_segment;
 use wasmgate::deploy::model::is_valid_device_id;
 use wasmgate::margo::tls::ClientIdentity;
 use wasmgate::margo::types::Digest;

@@ -5,21 +5,15 @@ mod reload;
 
 pub use reload::restart_only_changes;
 
-use crate::units::{ByteSize, HumanDuration};
+use crate::deploy::{ArtifactsSettings, Registries};
+use crate::ingress::HttpSettings;
+use crate::margo::{DeviceProfile, DeviceSettings, GatewayMode};
+use crate::sandbox::{PartitionSettings, DEFAULT_QUEUE_TIMEOUT, DEFAULT_TIMEOUT};
+use crate::telemetry::TelemetrySettings;
+use crate::units::HumanDuration;
 use serde::Deserialize;
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-/// Identifiers of devices and partitions: Margo `deviceId` segments are RFC 3986
-/// unreserved characters.
-pub fn is_valid_id_segment(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 128
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-'))
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -35,293 +29,9 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum GatewayMode {
-    /// Each partition is reported to the WFM as its own device `DEVICE/PARTITION`.
-    #[default]
-    SeeThru,
-    /// One aggregated device; placement is always the host's choice.
-    Opaque,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct HttpConfig {
-    #[serde(default = "default_listen")]
-    pub listen: SocketAddr,
-    /// Admin listener (`/healthz`, `/status`, `/metrics`); off when absent.
-    pub admin: Option<SocketAddr>,
-    /// Host names the admin listener answers to besides IP literals and `localhost`
-    /// (a DNS-rebinding page arrives with its own name in `Host` and is refused).
-    #[serde(default)]
-    pub admin_hosts: Vec<String>,
-    /// Largest request body handed to a guest; a larger declared `content-length` is
-    /// answered 413 before routing.
-    #[serde(default = "default_max_body")]
-    pub max_request_body: ByteSize,
-    /// Longest a connection may take to deliver a complete request head, counted from
-    /// accept or from the end of its previous response. Default 10s.
-    pub header_timeout: Option<HumanDuration>,
-    /// Longest a connection may stay open without a request in progress and without a
-    /// byte of the next one. Default 5s.
-    pub idle_timeout: Option<HumanDuration>,
-    /// Most ingress connections open at once; more wait in the listen backlog. Default
-    /// 1024, lowered when the open-file limit leaves less room.
-    pub max_connections: Option<u32>,
-    /// Largest request head (request line and headers); larger ones get 431. Default 32Ki.
-    pub max_header_size: Option<ByteSize>,
-    /// Bound on a graceful shutdown (SIGTERM / Ctrl-C). Default: the largest partition
-    /// `timeout` plus its `queue-timeout` plus 5s.
-    pub shutdown_timeout: Option<HumanDuration>,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        Self {
-            listen: default_listen(),
-            admin: None,
-            admin_hosts: Vec::new(),
-            max_request_body: default_max_body(),
-            header_timeout: None,
-            idle_timeout: None,
-            max_connections: None,
-            max_header_size: None,
-            shutdown_timeout: None,
-        }
-    }
-}
-
-pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
-pub const DEFAULT_MAX_HEADER_SIZE: u64 = 32 << 10;
 /// Added to the slowest partition's deadline for the default shutdown bound: room for
 /// the response to be written and the connection to close.
 pub const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
-
-impl HttpConfig {
-    /// The ingress connection limits; `max_connections` as configured (`None`: the
-    /// ingress picks a default that fits the open-file limit).
-    pub fn connection_limits(&self) -> crate::ingress::ConnectionLimits {
-        crate::ingress::ConnectionLimits {
-            header_timeout: self.header_timeout.map_or(DEFAULT_HEADER_TIMEOUT, |d| d.0),
-            idle_timeout: self.idle_timeout.map_or(DEFAULT_IDLE_TIMEOUT, |d| d.0),
-            max_connections: self
-                .max_connections
-                .map_or_else(crate::ingress::default_max_connections, |n| n as usize),
-            max_header_size: self
-                .max_header_size
-                .map_or(DEFAULT_MAX_HEADER_SIZE, |b| b.0) as usize,
-        }
-    }
-
-    fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |m: &str| Err(ConfigError::Invalid(format!("[http] {m}")));
-        let positive = [
-            ("header-timeout", self.header_timeout),
-            ("idle-timeout", self.idle_timeout),
-            ("shutdown-timeout", self.shutdown_timeout),
-        ];
-        for (key, value) in positive {
-            if value.is_some_and(|d| d.0.is_zero()) {
-                return invalid(&format!("{key}: expected more than 0s"));
-            }
-        }
-        if self
-            .max_connections
-            .is_some_and(|n| n == 0 || n > 1_000_000)
-        {
-            return invalid("max-connections: expected 1 to 1000000");
-        }
-        if self
-            .max_header_size
-            .is_some_and(|b| !(1 << 10..=1 << 20).contains(&b.0))
-        {
-            return invalid("max-header-size: expected 1Ki to 1Mi");
-        }
-        if let Some(bad) = self
-            .admin_hosts
-            .iter()
-            .find(|h| !crate::names::is_dns_name(h))
-        {
-            return invalid(&format!(
-                "admin-hosts: {bad:?} is not a DNS name (letters, digits, '-' and '.', no port, no wildcard)"
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// The shape Margo rc.3 gives one capability entry: its `type` enum and the other keys
-/// it allows. Anything else would make a strict WFM refuse the whole capabilities
-/// document, so it is refused here, where the operator sees which entry is wrong.
-struct EntrySchema {
-    types: &'static [&'static str],
-    other_keys: &'static [&'static str],
-}
-
-const INTERFACE_SCHEMA: EntrySchema = EntrySchema {
-    types: &[
-        "ethernet",
-        "wifi",
-        "cellular",
-        "bluetooth",
-        "usb",
-        "canbus",
-        "rs232",
-    ],
-    other_keys: &[],
-};
-
-const PERIPHERAL_SCHEMA: EntrySchema = EntrySchema {
-    types: &["gpu", "display", "camera", "microphone", "speaker"],
-    other_keys: &["manufacturer", "model"],
-};
-
-fn check_capability_entries(
-    at: &str,
-    key: &str,
-    entries: &[serde_json::Value],
-    schema: &EntrySchema,
-) -> Result<(), String> {
-    for (i, entry) in entries.iter().enumerate() {
-        let here = format!("{at} {key}[{i}]");
-        let Some(fields) = entry.as_object() else {
-            return Err(format!(
-                "{here}: expected a table such as {{ type = \"{}\" }}",
-                schema.types[0]
-            ));
-        };
-        match fields.get("type").and_then(|t| t.as_str()) {
-            Some(t) if schema.types.contains(&t) => {}
-            Some(t) => {
-                return Err(format!(
-                    "{here} type = {t:?}: expected one of {}",
-                    schema.types.join(", ")
-                ))
-            }
-            None => {
-                return Err(format!(
-                    "{here}: missing `type` (a string: one of {})",
-                    schema.types.join(", ")
-                ))
-            }
-        }
-        for (name, value) in fields {
-            if name == "type" {
-                continue;
-            }
-            if !schema.other_keys.contains(&name.as_str()) {
-                let allowed = if schema.other_keys.is_empty() {
-                    "only `type`".to_owned()
-                } else {
-                    format!(
-                        "`type`, {}",
-                        schema
-                            .other_keys
-                            .iter()
-                            .map(|k| format!("`{k}`"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                };
-                return Err(format!(
-                    "{here}: unknown key `{name}` (Margo allows {allowed})"
-                ));
-            }
-            if !value.is_string() {
-                return Err(format!("{here} {name}: expected a string"));
-            }
-        }
-    }
-    Ok(())
-}
-
-fn default_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 8080))
-}
-
-fn default_max_body() -> ByteSize {
-    ByteSize(16 << 20)
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct DeviceConfig {
-    /// The host's Margo device id; defaults to the machine's host name.
-    pub id: Option<String>,
-    #[serde(default)]
-    pub mode: GatewayMode,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    pub vendor: Option<String>,
-    pub model: Option<String>,
-    pub serial: Option<String>,
-    /// Whether the host itself accepts deployments (besides its partitions).
-    #[serde(default)]
-    pub hosts: bool,
-    /// Deprecated (see `[telemetry]`): `true` says an external OpenTelemetry collector
-    /// runs on the device, so `otelCollector` stays `true` with `[telemetry] enabled =
-    /// false`.
-    #[serde(default)]
-    pub otel_collector: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct PartitionConfig {
-    pub id: String,
-    /// CPU share in cores (0.5 = half of one core on average).
-    pub cpu: f64,
-    /// Memory budget for all live instances of the partition together.
-    pub memory: ByteSize,
-    /// Quota for the partition's key-value data and files.
-    pub storage: ByteSize,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    /// Most memory one instance may use; defaults to min(memory, 128Mi).
-    pub instance_memory: Option<ByteSize>,
-    /// Most instances running at once; requests beyond wait up to `queue-timeout`.
-    pub concurrency: Option<u32>,
-    /// Default per-request deadline; a deployment may ask for less, never more.
-    pub timeout: Option<HumanDuration>,
-    /// How long a request may wait for a free instance slot or memory before 503.
-    pub queue_timeout: Option<HumanDuration>,
-    /// Margo capability `interfaces` / `peripherals`, passed through to the WFM.
-    #[serde(default)]
-    pub interfaces: Vec<serde_json::Value>,
-    #[serde(default)]
-    pub peripherals: Vec<serde_json::Value>,
-}
-
-/// Limits applied when a partition does not set them.
-pub const DEFAULT_CONCURRENCY: u32 = 32;
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(2);
-pub const DEFAULT_INSTANCE_MEMORY: u64 = 128 << 20;
-
-impl PartitionConfig {
-    pub fn instance_memory(&self) -> u64 {
-        self.instance_memory
-            .map(|b| b.0)
-            .unwrap_or(DEFAULT_INSTANCE_MEMORY)
-            .min(self.memory.0)
-    }
-
-    pub fn concurrency(&self) -> u32 {
-        self.concurrency.unwrap_or(DEFAULT_CONCURRENCY)
-    }
-
-    pub fn timeout(&self) -> Duration {
-        self.timeout.map(|d| d.0).unwrap_or(DEFAULT_TIMEOUT)
-    }
-
-    pub fn queue_timeout(&self) -> Duration {
-        self.queue_timeout
-            .map(|d| d.0)
-            .unwrap_or(DEFAULT_QUEUE_TIMEOUT)
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -329,23 +39,23 @@ pub struct Config {
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
     #[serde(default)]
-    pub http: HttpConfig,
-    pub device: Option<DeviceConfig>,
+    pub http: HttpSettings,
+    pub device: Option<DeviceSettings>,
     #[serde(default, rename = "partition")]
-    pub partitions: Vec<PartitionConfig>,
+    pub partitions: Vec<PartitionSettings>,
     /// The Margo WFM connection; local mode when absent.
     pub wfm: Option<toml::Table>,
     /// How often the deployments folder is checked for changes in local mode.
     pub watch_interval: Option<HumanDuration>,
     /// Component artifacts: size limit, cache quota and garbage collection, pulls.
     #[serde(default)]
-    pub artifacts: ArtifactsConfig,
+    pub artifacts: ArtifactsSettings,
     /// Per-registry settings, keyed by `HOST` or `HOST:PORT` as in `oci://HOST:PORT/...`.
     #[serde(default)]
-    pub registries: BTreeMap<String, RegistryConfig>,
+    pub registries: Registries,
     /// The OpenTelemetry pipeline: the host is its workloads' collector.
     #[serde(default)]
-    pub telemetry: TelemetryConfig,
+    pub telemetry: TelemetrySettings,
     /// What is logged (and exported), as `tracing` filter directives; the
     /// `WASMGATE_LOG` environment variable wins when set. Reloaded on SIGHUP.
     pub log_filter: Option<String>,
@@ -353,136 +63,6 @@ pub struct Config {
 
 /// The largest configuration file read.
 pub const MAX_CONFIG_FILE: u64 = 1 << 20;
-
-/// OTLP transports `[telemetry] protocol` accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-pub enum OtlpProtocol {
-    /// The only one built in: gRPC would add tonic and a second HTTP stack.
-    #[default]
-    #[serde(rename = "http/protobuf")]
-    HttpProtobuf,
-}
-
-/// `[telemetry]`: where host spans, logs (host and guest) and metrics are exported.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct TelemetryConfig {
-    /// Off: nothing is exported and the capabilities report `otelCollector: false`.
-    #[serde(default = "enabled_by_default")]
-    pub enabled: bool,
-    /// Base URL of an OTLP/HTTP collector (`/v1/traces`, `/v1/metrics`, `/v1/logs` are
-    /// appended). The `OTEL_EXPORTER_OTLP_*ENDPOINT` variables win over it.
-    pub otlp_endpoint: Option<String>,
-    #[serde(default)]
-    pub protocol: OtlpProtocol,
-    /// Period of span / log batches and of the metrics push. Default 5s.
-    pub export_interval: Option<HumanDuration>,
-}
-
-fn enabled_by_default() -> bool {
-    true
-}
-
-impl Default for TelemetryConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            otlp_endpoint: None,
-            protocol: OtlpProtocol::default(),
-            export_interval: None,
-        }
-    }
-}
-
-impl TelemetryConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |m: &str| Err(ConfigError::Invalid(format!("[telemetry] {m}")));
-        if self
-            .export_interval
-            .is_some_and(|d| d.0 < Duration::from_millis(100))
-        {
-            return invalid("export-interval: expected at least 100ms");
-        }
-        match self.otlp_endpoint.as_deref().map(url::Url::parse) {
-            Some(Ok(u)) if !matches!(u.scheme(), "http" | "https") || u.host().is_none() => {
-                invalid("otlp-endpoint: expected an http:// or https:// URL")
-            }
-            Some(Err(e)) => invalid(&format!("otlp-endpoint: {e}")),
-            _ => Ok(()),
-        }
-    }
-}
-
-/// `[artifacts]`: where components come from and how much of them is kept.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct ArtifactsConfig {
-    /// Largest component accepted (file or OCI layer); default 256Mi.
-    pub max_component_size: Option<ByteSize>,
-    /// Most disk space artifacts and compiled code may use together; unreferenced
-    /// entries are evicted to stay below it. Default 2Gi.
-    pub cache_quota: Option<ByteSize>,
-    /// How long an artifact no deployment references is kept (for a quick rollback).
-    /// Default 1h.
-    pub gc_grace: Option<HumanDuration>,
-    /// Docker-style `config.json` (`{"auths": {"HOST": {"auth": base64(USER:PASS)}}}`)
-    /// for registries without credentials in `[registries]`.
-    pub registry_auth_file: Option<PathBuf>,
-    /// Bound on one manifest or layer download. Default 5m.
-    pub pull_timeout: Option<HumanDuration>,
-}
-
-impl ArtifactsConfig {
-    pub fn max_component_size(&self) -> u64 {
-        self.max_component_size
-            .map(|b| b.0)
-            .unwrap_or(crate::deploy::artifact::MAX_COMPONENT_BYTES)
-    }
-
-    pub fn cache_quota(&self) -> u64 {
-        self.cache_quota.map(|b| b.0).unwrap_or(2 << 30)
-    }
-
-    pub fn gc_grace(&self) -> Duration {
-        self.gc_grace
-            .map(|d| d.0)
-            .unwrap_or(Duration::from_secs(3600))
-    }
-
-    pub fn pull_timeout(&self) -> Duration {
-        self.pull_timeout
-            .map(|d| d.0)
-            .unwrap_or(Duration::from_secs(300))
-    }
-}
-
-/// How to talk to a registry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RegistryProtocol {
-    Https,
-    /// Plain HTTP: the default only for loopback registries; elsewhere it must be
-    /// asked for explicitly.
-    Http,
-}
-
-/// `[registries."HOST:PORT"]`: credentials and TLS for one registry.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct RegistryConfig {
-    pub username: Option<String>,
-    pub password: Option<String>,
-    /// File holding the password (trailing newline ignored).
-    pub password_file: Option<PathBuf>,
-    /// Bearer token sent as is (instead of username / password).
-    pub token: Option<String>,
-    pub token_file: Option<PathBuf>,
-    /// PEM file with the CA (or CAs) that signed the registry's certificate, trusted in
-    /// addition to the system roots.
-    pub ca_file: Option<PathBuf>,
-    /// `https` (default) or `http` (default for 127.0.0.0/8, ::1 and localhost).
-    pub protocol: Option<RegistryProtocol>,
-}
 
 fn default_state_dir() -> PathBuf {
     PathBuf::from("wasmgate-state")
@@ -492,14 +72,14 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             state_dir: default_state_dir(),
-            http: HttpConfig::default(),
+            http: HttpSettings::default(),
             device: None,
             partitions: Vec::new(),
             wfm: None,
             watch_interval: None,
-            artifacts: ArtifactsConfig::default(),
-            registries: BTreeMap::new(),
-            telemetry: TelemetryConfig::default(),
+            artifacts: ArtifactsSettings::default(),
+            registries: Registries::new(),
+            telemetry: TelemetrySettings::default(),
             log_filter: None,
         }
     }
@@ -566,20 +146,23 @@ impl Config {
 
     /// What the pipeline needs from the file; `None` when `[telemetry] enabled = false`.
     pub fn otlp_settings(&self) -> Option<crate::telemetry::OtlpSettings> {
-        self.telemetry
-            .enabled
-            .then(|| crate::telemetry::OtlpSettings {
-                endpoint: self.telemetry.otlp_endpoint.clone(),
-                export_interval: self.telemetry.export_interval.map(|d| d.0),
-                device_id: Some(self.device_id()),
-            })
+        self.telemetry.otlp(&self.device_id())
     }
 
-    /// Reported as `otelCollector`: the host collects for its workloads unless
-    /// `[telemetry] enabled = false`; the deprecated `[device] otel-collector = true`
-    /// still says an external collector runs on the device.
+    /// Reported as `otelCollector` (see [`crate::margo::device::reports_otel_collector`]).
     pub fn otel_collector(&self) -> bool {
-        self.telemetry.enabled || self.device.as_ref().is_some_and(|d| d.otel_collector)
+        crate::margo::device::reports_otel_collector(&self.telemetry, self.device.as_ref())
+    }
+
+    /// The device the WFM client speaks for.
+    pub fn device_profile(&self) -> DeviceProfile {
+        DeviceProfile {
+            id: self.device_id(),
+            settings: self.device.clone().unwrap_or_default(),
+            partitions: self.partitions.clone(),
+            telemetry: self.telemetry.clone(),
+            state_dir: self.state_dir.clone(),
+        }
     }
 
     pub fn mode(&self) -> GatewayMode {
@@ -610,15 +193,16 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         self.wfm_settings()?;
-        self.http.validate()?;
-        self.telemetry.validate()?;
+        self.http.validate().or_else(invalid)?;
+        self.telemetry.validate().or_else(invalid)?;
         if self
             .watch_interval
             .is_some_and(|d| d.0 < Duration::from_millis(50))
         {
             return invalid("watch-interval: expected at least 50ms".into());
         }
-        self.validate_registries()?;
+        self.artifacts.validate().or_else(invalid)?;
+        crate::deploy::validate_registries(&self.registries).or_else(invalid)?;
         if let Some(filter) = &self.log_filter {
             if let Err(err) = tracing_subscriber::EnvFilter::try_new(filter) {
                 return invalid(format!(
@@ -627,7 +211,7 @@ impl Config {
             }
         }
         let device_id = self.device_id();
-        if !is_valid_id_segment(&device_id) {
+        if !crate::types::is_valid_id_segment(&device_id) {
             return invalid(format!(
                 "[device] id {device_id:?}: expected letters, digits, '.', '_', '~' or '-' (1 to 128 characters)"
             ));
@@ -635,79 +219,11 @@ impl Config {
         let mut seen = std::collections::BTreeSet::new();
         for (i, p) in self.partitions.iter().enumerate() {
             let at = format!("[[partition]] #{} ({:?})", i + 1, p.id);
-            if !is_valid_id_segment(&p.id) {
-                return invalid(format!(
-                    "{at} id: expected letters, digits, '.', '_', '~' or '-' (1 to 128 characters)"
-                ));
-            }
+            p.validate(&at).or_else(invalid)?;
             if !seen.insert(p.id.as_str()) {
                 return invalid(format!("{at} id: duplicate partition id"));
             }
-            check_capability_entries(&at, "interfaces", &p.interfaces, &INTERFACE_SCHEMA)
-                .and_then(|()| {
-                    check_capability_entries(&at, "peripherals", &p.peripherals, &PERIPHERAL_SCHEMA)
-                })
-                .or_else(invalid)?;
-            if !(p.cpu.is_finite() && p.cpu > 0.0 && p.cpu <= 1024.0) {
-                return invalid(format!(
-                    "{at} cpu = {}: expected a number of cores > 0, e.g. 0.5",
-                    p.cpu
-                ));
-            }
-            if p.memory.0 < (1 << 20) {
-                return invalid(format!("{at} memory = {}: expected at least 1Mi", p.memory));
-            }
-            if p.concurrency() == 0 || p.concurrency() > 10_000 {
-                return invalid(format!("{at} concurrency: expected 1 to 10000"));
-            }
-            if p.timeout().is_zero() {
-                return invalid(format!("{at} timeout: expected more than 0s"));
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Config {
-    fn validate_registries(&self) -> Result<(), ConfigError> {
-        let invalid = |m: String| Err(ConfigError::Invalid(m));
-        if self.artifacts.max_component_size.is_some_and(|b| b.0 < 8) {
-            return invalid("[artifacts] max-component-size: expected at least 8 bytes".into());
-        }
-        if self.artifacts.pull_timeout.is_some_and(|d| d.0.is_zero()) {
-            return invalid("[artifacts] pull-timeout: expected more than 0s".into());
-        }
-        for (host, r) in &self.registries {
-            let at = format!("[registries.\"{host}\"]");
-            let valid_host = !host.is_empty()
-                && !host.contains('/')
-                && !host.contains("://")
-                && host.bytes().all(|b| {
-                    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']')
-                });
-            if !valid_host {
-                return invalid(format!(
-                    "{at}: expected a registry HOST or HOST:PORT as in oci://HOST:PORT/repo, without scheme or path"
-                ));
-            }
-            let has_password = r.password.is_some() || r.password_file.is_some();
-            let has_token = r.token.is_some() || r.token_file.is_some();
-            if r.password.is_some() && r.password_file.is_some() {
-                return invalid(format!("{at}: set password or password-file, not both"));
-            }
-            if r.token.is_some() && r.token_file.is_some() {
-                return invalid(format!("{at}: set token or token-file, not both"));
-            }
-            if has_token && (r.username.is_some() || has_password) {
-                return invalid(format!(
-                    "{at}: set either token or username and password, not both"
-                ));
-            }
-            if r.username.is_some() != has_password {
-                return invalid(format!(
-                    "{at}: username and password (or password-file) go together"
-                ));
-            }
+            crate::margo::device::check_capability_entries(&at, p).or_else(invalid)?;
         }
         Ok(())
     }
@@ -735,31 +251,22 @@ fn detected_device_id() -> String {
 
 /// All cores, half the memory (at most 1 GiB) and 1 GiB of storage: enough for a
 /// development machine, small enough not to starve the OS on a 1 GiB board.
-fn default_partition() -> PartitionConfig {
+fn default_partition() -> PartitionSettings {
     let mut sys = sysinfo::System::new();
     sys.refresh_memory();
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1) as f64;
     let memory = (sys.total_memory() / 2).clamp(64 << 20, 1 << 30);
-    PartitionConfig {
-        id: "default".into(),
-        cpu: cores,
-        memory: ByteSize(memory),
-        storage: ByteSize(1 << 30),
-        labels: BTreeMap::new(),
-        instance_memory: None,
-        concurrency: None,
-        timeout: None,
-        queue_timeout: None,
-        interfaces: Vec::new(),
-        peripherals: Vec::new(),
-    }
+    PartitionSettings::new("default", cores, memory, 1 << 30)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::deploy::RegistryProtocol;
+    use crate::ingress::{DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_HEADER_SIZE};
+    use crate::units::ByteSize;
 
     #[test]
     fn full_config_parses() {

@@ -44,20 +44,21 @@ pub fn pool_sizing(config: &Config) -> PoolSizing {
             .iter()
             .map(|p| p.instance_memory())
             .max()
-            .unwrap_or(crate::config::DEFAULT_INSTANCE_MEMORY),
+            .unwrap_or(crate::sandbox::DEFAULT_INSTANCE_MEMORY),
     }
 }
 
 /// The capabilities each partition advertises, as deployments' `deviceConstraints`
 /// are checked against them (the rc.3 shape, whatever the WFM profile).
 fn eligibility_documents(config: &Config) -> BTreeMap<String, serde_json::Value> {
-    let identity = crate::margo::capabilities::DeviceIdentity::from_config(config);
-    config
+    let device = config.device_profile();
+    let identity = crate::margo::capabilities::DeviceIdentity::from_profile(&device);
+    device
         .partitions
         .iter()
         .map(|p| {
             let doc = crate::margo::capabilities::partition_document(
-                config,
+                &device,
                 &identity,
                 p,
                 crate::margo::Profile::Rc3,
@@ -105,7 +106,7 @@ impl Host {
             status.clone(),
         )
         .map_err(|e| anyhow::anyhow!("cannot set up the component linker: {e:#}"))?
-        .with_state(&config.state_dir, &config)
+        .with_state(&config.state_dir, &config.artifacts, &config.registries)
         .with_context(|| {
             format!(
                 "cannot open the artifact store under {}",
@@ -201,7 +202,7 @@ impl Host {
                     tokio::select! {
                         _ = &mut shutdown => break,
                         Some(change) = reconfigured.recv() => {
-                            self.reconciler.reconfigure(&change);
+                            self.reconciler.reconfigure(&change.deploy);
                             self.reconciler.apply(vec![document.clone()]).await;
                             self.announce(&served_at);
                         }
@@ -211,10 +212,14 @@ impl Host {
             DesiredSource::Wfm(settings) => {
                 let events = self.status.subscribe();
                 let metrics = self.reconciler.metrics().wfm.clone();
-                let client =
-                    crate::margo::WfmClient::new(*settings, self.config.clone(), events, metrics)
-                        .await
-                        .context("cannot start the Margo WFM client")?;
+                let client = crate::margo::WfmClient::new(
+                    *settings,
+                    self.config.device_profile(),
+                    events,
+                    metrics,
+                )
+                .await
+                .context("cannot start the Margo WFM client")?;
                 let (status, announced) = (self.status.clone(), &mut self.announced);
                 client
                     .run(
@@ -269,7 +274,7 @@ impl Host {
                     let wake = tokio::select! {
                         _ = tokio::time::sleep(interval) => Wake::Timer,
                         _ = self.reconciler.install_progress() => Wake::Progress,
-                        Some(change) = reconfigured.recv() => Wake::Reconfigured(Box::new(change)),
+                        Some(change) = reconfigured.recv() => Wake::Reconfigured(Box::new(change.deploy)),
                         _ = &mut shutdown => break,
                     };
                     match wake {

@@ -56,6 +56,15 @@ impl fmt::Display for Digest {
     }
 }
 
+/// Identifiers of devices and partitions: Margo `deviceId` segments are RFC 3986
+/// unreserved characters, at most 128 of them.
+pub fn is_valid_id_segment(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-'))
+}
+
 /// Whether `s` is the hex part of a sha256 digest: 64 lowercase hex characters (the only
 /// spelling our stores write, so the only one a file name may have).
 pub fn is_sha256_hex(s: &str) -> bool {

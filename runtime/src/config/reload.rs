@@ -9,7 +9,9 @@
 //! limits): a change there refuses the whole reload, naming each key, so that what
 //! runs is always exactly one configuration file.
 
-use super::{Config, DeviceConfig, HttpConfig};
+use super::Config;
+use crate::ingress::HttpSettings;
+use crate::margo::DeviceSettings;
 
 /// The keys whose change in `new` needs a restart, in file order; empty when `new`
 /// can be applied to a host running `old`.
@@ -40,13 +42,14 @@ fn hosts(config: &Config) -> bool {
     config
         .device
         .as_ref()
-        .is_some_and(|d: &DeviceConfig| d.hosts)
+        .is_some_and(|d: &DeviceSettings| d.hosts)
 }
 
 /// `[http]` without the two addresses a reload may move.
-fn connection_settings(http: &HttpConfig) -> HttpConfig {
-    HttpConfig {
-        listen: super::default_listen(),
+fn connection_settings(http: &HttpSettings) -> HttpSettings {
+    let defaults = HttpSettings::default();
+    HttpSettings {
+        listen: defaults.listen,
         admin: None,
         ..http.clone()
     }

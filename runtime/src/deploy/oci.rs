@@ -16,8 +16,8 @@
 //! `Docker-Content-Digest`), every layer is hashed while it streams into the blob store
 //! and lands there only when its sha256 matches the manifest.
 
+use super::settings::{Registries, RegistryProtocol};
 use super::store::{BlobStore, BlobWriteError, BlobWriter};
-use crate::config::{RegistryConfig, RegistryProtocol};
 use crate::telemetry::{OciMetrics, OciPull};
 use crate::types::sha256_hex;
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
@@ -315,7 +315,7 @@ pub struct OciSettings {
     pub max_size: u64,
     /// Bound on one manifest or blob request, start to end.
     pub timeout: Duration,
-    pub registries: BTreeMap<String, RegistryConfig>,
+    pub registries: Registries,
     /// Docker-style `config.json` with an `auths` map.
     pub auth_file: Option<PathBuf>,
     /// Where pulls are counted.

@@ -198,26 +198,13 @@ fn autonomous(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::PartitionConfig;
-    use crate::units::ByteSize;
+    use crate::sandbox::PartitionSettings;
 
     fn partitions(dir: &std::path::Path) -> Vec<Arc<Partition>> {
         [("a", 1.0, 256u64 << 20), ("b", 0.5, 128 << 20)]
             .into_iter()
             .map(|(id, cpu, memory)| {
-                let config = PartitionConfig {
-                    id: id.into(),
-                    cpu,
-                    memory: ByteSize(memory),
-                    storage: ByteSize(1 << 20),
-                    labels: Default::default(),
-                    instance_memory: None,
-                    concurrency: None,
-                    timeout: None,
-                    queue_timeout: None,
-                    interfaces: vec![],
-                    peripherals: vec![],
-                };
+                let config = PartitionSettings::new(id, cpu, memory, 1 << 20);
                 Partition::open("edge", &config, dir).unwrap()
             })
             .collect()

@@ -75,7 +75,6 @@ pub struct Refusal {
 /// A reloaded host configuration, handed to whoever owns the reconciler (the folder
 /// watch, the WFM client): the partitions to place into and what they advertise.
 pub struct Reconfiguration {
-    pub config: crate::config::Config,
     pub partitions: Vec<Arc<Partition>>,
     /// Capabilities document per partition id, for `deviceConstraints`.
     pub capabilities: BTreeMap<String, serde_json::Value>,
@@ -224,25 +223,26 @@ impl Reconciler {
 
     /// Keeps state under `state_dir`: the artifact store (`artifacts/`), the applied
     /// deployments (`deployments/`), with garbage collection of the artifact store and
-    /// the AOT cache, and registry access as `config` says.
+    /// the AOT cache, and registry access as `artifacts` and `registries` say.
     pub fn with_state(
         mut self,
         state_dir: &std::path::Path,
-        config: &crate::config::Config,
+        artifacts: &super::ArtifactsSettings,
+        registries: &super::Registries,
     ) -> std::io::Result<Self> {
         let settings = super::oci::OciSettings {
-            max_size: config.artifacts.max_component_size(),
-            timeout: config.artifacts.pull_timeout(),
-            registries: config.registries.clone(),
-            auth_file: config.artifacts.registry_auth_file.clone(),
+            max_size: artifacts.max_component_size(),
+            timeout: artifacts.pull_timeout(),
+            registries: registries.clone(),
+            auth_file: artifacts.registry_auth_file.clone(),
             metrics: self.metrics.oci.clone(),
+        };
+        let policy = GcPolicy {
+            quota: artifacts.cache_quota(),
+            grace: artifacts.gc_grace(),
         };
         let artifacts = Arc::new(Artifacts::open(&state_dir.join("artifacts"), settings)?);
         self.records = Records::open(AppliedStore::open(state_dir.join("deployments"))?)?;
-        let policy = GcPolicy {
-            quota: config.artifacts.cache_quota(),
-            grace: config.artifacts.gc_grace(),
-        };
         let (engine, aot) = (self.installer.engine.clone(), self.installer.aot.clone());
         let gc = Arc::new(Gc::new(artifacts.blobs().cloned(), aot.clone(), policy));
         // Nothing is in flight before the first pass, so the old channel has nothing.

@@ -10,6 +10,7 @@ use super::listeners::Listeners;
 use crate::config::Config;
 use crate::deploy::Reconfiguration;
 use crate::engine::PoolSizing;
+use crate::margo::Reconfigured;
 use crate::sandbox::{Partition, SharedPartitions};
 use crate::telemetry::{LogFilterChange, ReloadResult};
 use std::net::SocketAddr;
@@ -77,7 +78,7 @@ pub struct Reloader {
     pub partitions: SharedPartitions,
     pub listeners: Listeners,
     pub metrics: Arc<crate::telemetry::Metrics>,
-    pub reconfigure: mpsc::UnboundedSender<Reconfiguration>,
+    pub reconfigure: mpsc::UnboundedSender<Reconfigured>,
 }
 
 /// What a reload changed, for the log line that says so.
@@ -162,10 +163,12 @@ impl Reloader {
         }
         self.partitions.store(Arc::new(partitions.clone()));
         let capabilities = super::eligibility_documents(&new);
-        let _ = self.reconfigure.send(Reconfiguration {
-            config: new.clone(),
-            partitions,
-            capabilities,
+        let _ = self.reconfigure.send(Reconfigured {
+            device: new.device_profile(),
+            deploy: Reconfiguration {
+                partitions,
+                capabilities,
+            },
         });
         self.config = new;
         Ok(summary(&changes, moved.then(|| self.listeners.addr())))

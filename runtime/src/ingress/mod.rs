@@ -4,11 +4,15 @@
 //! admin listener (in `host`) to its own handler through [`serve_with`].
 
 mod server;
+mod settings;
 mod shutdown;
 
 pub use server::{
     default_max_connections, fd_limit, raise_fd_limit, serve_with, ConnectionLimits,
     ADMIN_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS,
+};
+pub use settings::{
+    HttpSettings, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_HEADER_SIZE,
 };
 pub use shutdown::Shutdown;
 

@@ -38,10 +38,10 @@ pub struct ConnectionLimits {
 impl Default for ConnectionLimits {
     fn default() -> Self {
         Self {
-            header_timeout: crate::config::DEFAULT_HEADER_TIMEOUT,
-            idle_timeout: crate::config::DEFAULT_IDLE_TIMEOUT,
+            header_timeout: super::DEFAULT_HEADER_TIMEOUT,
+            idle_timeout: super::DEFAULT_IDLE_TIMEOUT,
             max_connections: default_max_connections(),
-            max_header_size: crate::config::DEFAULT_MAX_HEADER_SIZE as usize,
+            max_header_size: super::DEFAULT_MAX_HEADER_SIZE as usize,
         }
     }
 }

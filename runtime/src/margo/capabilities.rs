@@ -3,8 +3,9 @@
 //! fields only unless it hosts) and then each partition as `DEVICE/PARTITION`; in opaque
 //! mode one manifest aggregates the partitions.
 
+use super::device::{DeviceProfile, GatewayMode};
 use super::settings::Profile;
-use crate::config::{Config, GatewayMode, PartitionConfig};
+use crate::sandbox::PartitionSettings;
 use crate::units::ByteSize;
 use serde_json::{json, Map, Value};
 
@@ -34,8 +35,8 @@ fn read_dmi(name: &str) -> Option<String> {
 impl DeviceIdentity {
     /// From `[device]`, with vendor / model / serial detected from DMI (or the machine
     /// id) when not configured.
-    pub fn from_config(config: &Config) -> Self {
-        let device = config.device.as_ref();
+    pub fn from_profile(device: &DeviceProfile) -> Self {
+        let settings = &device.settings;
         let pick = |configured: Option<&String>, detected: Option<String>| {
             configured
                 .cloned()
@@ -43,17 +44,11 @@ impl DeviceIdentity {
                 .unwrap_or_else(|| "unknown".into())
         };
         Self {
-            id: config.device_id(),
-            vendor: pick(
-                device.and_then(|d| d.vendor.as_ref()),
-                read_dmi("sys_vendor"),
-            ),
-            model: pick(
-                device.and_then(|d| d.model.as_ref()),
-                read_dmi("product_name"),
-            ),
+            id: device.id.clone(),
+            vendor: pick(settings.vendor.as_ref(), read_dmi("sys_vendor")),
+            model: pick(settings.model.as_ref(), read_dmi("product_name")),
             serial: pick(
-                device.and_then(|d| d.serial.as_ref()),
+                settings.serial.as_ref(),
                 read_dmi("product_serial").or_else(|| {
                     std::fs::read_to_string("/etc/machine-id")
                         .ok()
@@ -137,8 +132,8 @@ fn hosting_fields(p: &mut Map<String, Value>, profile: Profile, h: Hosting) {
     p.insert("supportedDeploymentTypes".into(), json!(["custom"]));
 }
 
-fn extension(config: &Config, partition: Option<&PartitionConfig>) -> Value {
-    let mode = config.mode();
+fn extension(device: &DeviceProfile, partition: Option<&PartitionSettings>) -> Value {
+    let mode = device.mode();
     let mut ext = json!({
         "runtime": "wasmgate",
         "runtimeVersion": env!("CARGO_PKG_VERSION"),
@@ -146,7 +141,7 @@ fn extension(config: &Config, partition: Option<&PartitionConfig>) -> Value {
         "witWorlds": WIT_WORLDS,
         "supportedDeploymentTypes": ["custom"],
         "mode": match mode { GatewayMode::SeeThru => "see-thru", GatewayMode::Opaque => "opaque" },
-        "telemetry": telemetry(config),
+        "telemetry": telemetry(device),
     });
     if let Some(p) = partition {
         ext["partition"] = json!({
@@ -160,12 +155,10 @@ fn extension(config: &Config, partition: Option<&PartitionConfig>) -> Value {
 }
 
 /// Labels eligibility rules can select on: configured ones plus ours.
-fn labels(device: &Config, partition: Option<&PartitionConfig>) -> Map<String, Value> {
+fn labels(device: &DeviceProfile, partition: Option<&PartitionSettings>) -> Map<String, Value> {
     let mut labels = Map::new();
-    if let Some(d) = &device.device {
-        for (k, v) in &d.labels {
-            labels.insert(k.clone(), json!(v));
-        }
+    for (k, v) in &device.settings.labels {
+        labels.insert(k.clone(), json!(v));
     }
     labels.insert("wasmgate.io/component-model".into(), json!(true));
     labels.insert("wasmgate.io/wasi".into(), json!("0.2"));
@@ -204,9 +197,9 @@ fn document(
 
 /// The capabilities of one partition as a hosting device.
 pub fn partition_document(
-    config: &Config,
+    device: &DeviceProfile,
     identity: &DeviceIdentity,
-    p: &PartitionConfig,
+    p: &PartitionSettings,
     profile: Profile,
 ) -> Value {
     let mut props = identity_properties(identity, &format!("{}/{}", identity.id, p.id));
@@ -219,35 +212,35 @@ pub fn partition_document(
             storage: p.storage.0,
             interfaces: p.interfaces.clone(),
             peripherals: p.peripherals.clone(),
-            otel: otel(config),
+            otel: otel(device),
         },
     );
     document(
         profile,
         props,
-        Some(labels(config, Some(p))),
-        extension(config, Some(p)),
+        Some(labels(device, Some(p))),
+        extension(device, Some(p)),
     )
 }
 
-fn otel(config: &Config) -> bool {
-    config.otel_collector()
+fn otel(device: &DeviceProfile) -> bool {
+    device.otel_collector()
 }
 
 /// Where the host's telemetry goes: the OTLP URL of each signal (without credentials)
 /// or "none", and who collects for the workloads.
-fn telemetry(config: &Config) -> Value {
-    let collector = if config.telemetry.enabled {
+fn telemetry(device: &DeviceProfile) -> Value {
+    let collector = if device.telemetry.enabled {
         "wasmgate"
-    } else if config.otel_collector() {
+    } else if device.otel_collector() {
         "external"
     } else {
         "none"
     };
     let mut otlp = Map::new();
-    if config.telemetry.enabled {
+    if device.telemetry.enabled {
         let endpoints = crate::telemetry::otlp::endpoints(
-            config.telemetry.otlp_endpoint.as_deref(),
+            device.telemetry.otlp_endpoint.as_deref(),
             crate::telemetry::otlp::process_env,
         );
         for (signal, url) in endpoints {
@@ -268,18 +261,18 @@ fn telemetry(config: &Config) -> Value {
 
 /// Every `(deviceId, document)` to report, parent first.
 pub fn documents(
-    config: &Config,
+    device: &DeviceProfile,
     identity: &DeviceIdentity,
     profile: Profile,
 ) -> Vec<(String, Value)> {
-    let hosts = config.device.as_ref().is_some_and(|d| d.hosts);
-    match config.mode() {
+    let hosts = device.settings.hosts;
+    match device.mode() {
         GatewayMode::SeeThru => {
             let mut props = identity_properties(identity, &identity.id);
             if hosts {
-                let total_cpu = config.partitions.iter().map(|p| p.cpu).sum::<f64>();
-                let memory = config.partitions.iter().map(|p| p.memory.0).sum();
-                let storage = config.partitions.iter().map(|p| p.storage.0).sum();
+                let total_cpu = device.partitions.iter().map(|p| p.cpu).sum::<f64>();
+                let memory = device.partitions.iter().map(|p| p.memory.0).sum();
+                let storage = device.partitions.iter().map(|p| p.storage.0).sum();
                 hosting_fields(
                     &mut props,
                     profile,
@@ -289,7 +282,7 @@ pub fn documents(
                         storage,
                         interfaces: vec![],
                         peripherals: vec![],
-                        otel: otel(config),
+                        otel: otel(device),
                     },
                 );
             }
@@ -298,14 +291,14 @@ pub fn documents(
                 document(
                     profile,
                     props,
-                    Some(labels(config, None)),
-                    extension(config, None),
+                    Some(labels(device, None)),
+                    extension(device, None),
                 ),
             )];
-            for p in &config.partitions {
+            for p in &device.partitions {
                 docs.push((
                     format!("{}/{}", identity.id, p.id),
-                    partition_document(config, identity, p, profile),
+                    partition_document(device, identity, p, profile),
                 ));
             }
             docs
@@ -314,7 +307,7 @@ pub fn documents(
             let mut props = identity_properties(identity, &identity.id);
             let mut interfaces: Vec<Value> = Vec::new();
             let mut peripherals: Vec<Value> = Vec::new();
-            for p in &config.partitions {
+            for p in &device.partitions {
                 for i in &p.interfaces {
                     if !interfaces.contains(i) {
                         interfaces.push(i.clone());
@@ -332,22 +325,22 @@ pub fn documents(
                 &mut props,
                 profile,
                 Hosting {
-                    cpus: config.partitions.iter().map(|p| cpu_entry(p.cpu)).collect(),
-                    memory: config.partitions.iter().map(|p| p.memory.0).sum(),
-                    storage: config.partitions.iter().map(|p| p.storage.0).sum(),
+                    cpus: device.partitions.iter().map(|p| cpu_entry(p.cpu)).collect(),
+                    memory: device.partitions.iter().map(|p| p.memory.0).sum(),
+                    storage: device.partitions.iter().map(|p| p.storage.0).sum(),
                     interfaces,
                     peripherals,
-                    otel: otel(config),
+                    otel: otel(device),
                 },
             );
-            let mut labels = labels(config, None);
-            for (k, v) in aggregate_partition_labels(config) {
+            let mut labels = labels(device, None);
+            for (k, v) in aggregate_partition_labels(device) {
                 // Device labels are the device's own word; partitions do not override them.
                 labels.entry(k).or_insert(v);
             }
             vec![(
                 identity.id.clone(),
-                document(profile, props, Some(labels), extension(config, None)),
+                document(profile, props, Some(labels), extension(device, None)),
             )]
         }
     }
@@ -359,10 +352,10 @@ pub fn documents(
 /// may be arrays of strings), so a `labelSelector` with `In` still finds the device for
 /// any of them. A key set by only some partitions is kept: placement still needs a
 /// partition that has it. Each conflict is logged once per report.
-fn aggregate_partition_labels(config: &Config) -> Map<String, Value> {
+fn aggregate_partition_labels(device: &DeviceProfile) -> Map<String, Value> {
     let mut values: std::collections::BTreeMap<&str, std::collections::BTreeSet<&str>> =
         Default::default();
-    for p in &config.partitions {
+    for p in &device.partitions {
         for (k, v) in &p.labels {
             values.entry(k).or_default().insert(v);
         }
@@ -384,9 +377,27 @@ fn aggregate_partition_labels(config: &Config) -> Map<String, Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::margo::DeviceSettings;
 
-    fn config(mode: &str) -> Config {
-        Config::parse(&format!(
+    /// `[device]` and `[[partition]]` as a configuration file gives them.
+    fn profile(text: &str) -> DeviceProfile {
+        #[derive(serde::Deserialize)]
+        struct Fixture {
+            device: DeviceSettings,
+            partition: Vec<PartitionSettings>,
+        }
+        let f: Fixture = toml::from_str(text).unwrap();
+        DeviceProfile {
+            id: f.device.id.clone().unwrap(),
+            settings: f.device,
+            partitions: f.partition,
+            telemetry: Default::default(),
+            state_dir: "state".into(),
+        }
+    }
+
+    fn config(mode: &str) -> DeviceProfile {
+        profile(&format!(
             r#"
             [device]
             id = "edge-01"
@@ -409,13 +420,12 @@ mod tests {
             labels = {{ tier = "sensors" }}
             "#
         ))
-        .unwrap()
     }
 
     #[test]
     fn see_thru_reports_parent_then_partitions() {
         let c = config("see-thru");
-        let docs = documents(&c, &DeviceIdentity::from_config(&c), Profile::Rc3);
+        let docs = documents(&c, &DeviceIdentity::from_profile(&c), Profile::Rc3);
         let ids: Vec<_> = docs.iter().map(|(id, _)| id.as_str()).collect();
         assert_eq!(ids, ["edge-01", "edge-01/a", "edge-01/b"]);
         // A non-hosting gateway: identity fields only.
@@ -436,7 +446,7 @@ mod tests {
     #[test]
     fn opaque_aggregates() {
         let c = config("opaque");
-        let docs = documents(&c, &DeviceIdentity::from_config(&c), Profile::Rc3);
+        let docs = documents(&c, &DeviceIdentity::from_profile(&c), Profile::Rc3);
         assert_eq!(docs.len(), 1);
         let p = &docs[0].1["properties"];
         assert_eq!(p["cpus"].as_array().unwrap().len(), 2);
@@ -447,7 +457,7 @@ mod tests {
 
     #[test]
     fn opaque_labels_keep_agreement_and_list_conflicts() {
-        let c = Config::parse(
+        let c = profile(
             r#"
             [device]
             id = "edge-01"
@@ -466,9 +476,8 @@ mod tests {
             storage = "1Mi"
             labels = { tier = "sensors", zone = "z1" }
             "#,
-        )
-        .unwrap();
-        let docs = documents(&c, &DeviceIdentity::from_config(&c), Profile::Rc3);
+        );
+        let docs = documents(&c, &DeviceIdentity::from_profile(&c), Profile::Rc3);
         let labels = &docs[0].1["labels"];
         assert_eq!(labels["zone"], "z1", "agreeing values stay a string");
         assert_eq!(
@@ -482,7 +491,7 @@ mod tests {
     #[test]
     fn rc2_shape() {
         let c = config("see-thru");
-        let docs = documents(&c, &DeviceIdentity::from_config(&c), Profile::Rc2);
+        let docs = documents(&c, &DeviceIdentity::from_profile(&c), Profile::Rc2);
         let doc = &docs[1].1;
         assert_eq!(doc["kind"], "DeviceCapabilitiesManifest");
         // Sent with `custom` in rc.2 too (see `document`).

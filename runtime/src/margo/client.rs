@@ -4,6 +4,7 @@
 
 use super::bundle;
 use super::capabilities::{self, DeviceIdentity};
+use super::device::{DeviceProfile, GatewayMode};
 use super::outbox::Outbox;
 use super::settings::{DailyWindow, Downtime, Profile, WfmSettings};
 use super::state::{Accepted, SyncState};
@@ -12,7 +13,6 @@ use super::types::{
     ComponentReport, Digest, ErrorReport, ManifestVersion, Problem, ProblemClass, StateManifest,
     StatusBody, StatusReport, BUNDLE_MEDIA_TYPE, MANIFEST_MEDIA_TYPE,
 };
-use crate::config::{Config, GatewayMode};
 use crate::deploy::status::{CapabilityReport, DeploymentStatus, StatusError, WfmSync};
 use crate::deploy::{DesiredDeployment, Reconciler};
 use crate::telemetry::WfmMetrics;
@@ -119,6 +119,13 @@ fn exponential_backoff(poll: Duration, failures: u32) -> Duration {
         .max(poll)
 }
 
+/// A reloaded host configuration as the WFM client takes it: the device it now speaks
+/// for (capabilities follow it) and the reconciler's part.
+pub struct Reconfigured {
+    pub device: DeviceProfile,
+    pub deploy: crate::deploy::Reconfiguration,
+}
+
 /// A capabilities document the WFM refused, and when to offer it again.
 struct RefusedReport {
     document: Value,
@@ -133,7 +140,7 @@ pub struct WfmClient {
     settings: WfmSettings,
     /// `None` until the transport is ready (rc.2: onboarded).
     transport: Option<Transport>,
-    config: Config,
+    device: DeviceProfile,
     identity: DeviceIdentity,
     /// deviceId -> capabilities document, host first; rebuilt when the host
     /// configuration is reloaded.
@@ -160,11 +167,11 @@ pub struct WfmClient {
 impl WfmClient {
     pub async fn new(
         settings: WfmSettings,
-        config: Config,
+        device: DeviceProfile,
         events: UnboundedReceiver<DeploymentStatus>,
         metrics: WfmMetrics,
     ) -> anyhow::Result<Self> {
-        let state_dir = config.state_dir.join("wfm");
+        let state_dir = device.state_dir.join("wfm");
         // Opening the stores sweeps temp files of writes a crash interrupted (before the
         // transport writes any); an unreadable accepted record is not an error here: the
         // client then serves what is installed and accepts nothing (see `cycle`).
@@ -173,23 +180,23 @@ impl WfmClient {
         let reported = state.reported().await;
         let transport = Self::connect(&settings, &state_dir).await?;
         let (once, daily) = settings.downtimes().map_err(anyhow::Error::msg)?;
-        if !config.otel_collector() {
+        if !device.otel_collector() {
             tracing::warn!(
                 "Margo requires hosting devices to report otelCollector: true; [telemetry] enabled = false turns off the host's collector, so remove it (or set [device] otel-collector = true if another collector runs on this device): a strict WFM refuses the capabilities otherwise"
             );
         }
-        if config.device.as_ref().is_some_and(|d| d.otel_collector) {
+        if device.settings.otel_collector {
             tracing::warn!("[device] otel-collector is deprecated: the host is its workloads' collector ([telemetry] enabled, on by default); keep it only to report an external collector with [telemetry] enabled = false");
         }
-        let identity = DeviceIdentity::from_config(&config);
-        let documents = capabilities::documents(&config, &identity, settings.profile);
+        let identity = DeviceIdentity::from_profile(&device);
+        let documents = capabilities::documents(&device, &identity, settings.profile);
         Ok(Self {
             identity,
             documents,
             applying: state.accepted().map_or(0, |a| a.manifest_version),
             settings,
             transport,
-            config,
+            device,
             state,
             outbox,
             events,
@@ -273,7 +280,7 @@ impl WfmClient {
         mut self,
         reconciler: &mut Reconciler,
         shutdown: impl std::future::Future<Output = ()>,
-        reconfigured: &mut tokio::sync::mpsc::UnboundedReceiver<crate::deploy::Reconfiguration>,
+        reconfigured: &mut tokio::sync::mpsc::UnboundedReceiver<Reconfigured>,
         mut on_applied: impl FnMut(&Reconciler),
     ) {
         self.restore(reconciler).await;
@@ -329,8 +336,8 @@ impl WfmClient {
                     Some(change) = reconfigured.recv() => {
                         // At once, not at the next poll: the WFM hears the new targets
                         // and the moved deployments' statuses in this cycle.
-                        self.reconfigure(change.config.clone());
-                        reconciler.reconfigure(&change);
+                        reconciler.reconfigure(&change.deploy);
+                        self.reconfigure(change.device);
                         break;
                     }
                     _ = &mut shutdown => break 'cycles,
@@ -353,10 +360,10 @@ impl WfmClient {
 
     /// A reloaded host configuration: the capabilities documents follow it, and the
     /// next cycle sends what changed and unregisters removed partitions.
-    fn reconfigure(&mut self, config: Config) {
-        self.identity = DeviceIdentity::from_config(&config);
-        self.documents = capabilities::documents(&config, &self.identity, self.settings.profile);
-        self.config = config;
+    fn reconfigure(&mut self, device: DeviceProfile) {
+        self.identity = DeviceIdentity::from_profile(&device);
+        self.documents = capabilities::documents(&device, &self.identity, self.settings.profile);
+        self.device = device;
     }
 
     fn backoff(&self, err: &CycleError, failures: u32) -> Duration {
@@ -530,7 +537,7 @@ impl WfmClient {
     /// last applied them (its own records), so the device keeps serving what was
     /// installed without knowing, or accepting, any manifest.
     async fn installed_documents(&self) -> Vec<DesiredDeployment> {
-        let dir = self.config.state_dir.join("deployments");
+        let dir = self.device.state_dir.join("deployments");
         let records = tokio::task::spawn_blocking(move || {
             crate::deploy::store::AppliedStore::open(dir).map(|store| store.load_all())
         })
@@ -800,7 +807,7 @@ impl WfmClient {
             },
             message: e.message.clone(),
         };
-        let device_id = match self.config.mode() {
+        let device_id = match self.device.mode() {
             GatewayMode::Opaque => Some(gateway.clone()),
             GatewayMode::SeeThru => {
                 Some(status.device_id.clone().unwrap_or_else(|| gateway.clone()))

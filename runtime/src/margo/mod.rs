@@ -6,6 +6,7 @@
 pub mod bundle;
 pub mod capabilities;
 pub mod client;
+pub mod device;
 pub mod http;
 pub mod outbox;
 pub mod settings;
@@ -15,5 +16,6 @@ pub mod tls;
 pub mod transport;
 pub mod types;
 
-pub use client::WfmClient;
+pub use client::{Reconfigured, WfmClient};
+pub use device::{DeviceProfile, DeviceSettings, GatewayMode};
 pub use settings::{Profile, WfmSettings};

@@ -5,12 +5,16 @@
 mod cpu;
 mod guests;
 mod memory;
+mod settings;
 
 pub use cpu::CpuShare;
 pub use guests::{workers_for, GuestRuntime, GuestRuntimeError};
 pub use memory::{InstanceLimiter, MemoryBudget, MemoryDenial};
+pub use settings::{
+    PartitionSettings, DEFAULT_CONCURRENCY, DEFAULT_INSTANCE_MEMORY, DEFAULT_QUEUE_TIMEOUT,
+    DEFAULT_TIMEOUT,
+};
 
-use crate::config::PartitionConfig;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -53,7 +57,7 @@ pub struct Partition {
     pub id: String,
     /// `DEVICE/PARTITION`, the id the WFM and deployment YAMLs use.
     pub device_id: String,
-    pub config: PartitionConfig,
+    pub config: PartitionSettings,
     pub memory: Arc<MemoryBudget>,
     pub cpu: Arc<CpuShare>,
     slots: Arc<Semaphore>,
@@ -101,7 +105,7 @@ impl Partition {
     /// Opens the partition's state under `state_dir/partitions/<id>`.
     pub fn open(
         device_id: &str,
-        config: &PartitionConfig,
+        config: &PartitionSettings,
         state_dir: &Path,
     ) -> Result<Arc<Self>, SandboxError> {
         let root = state_dir.join("partitions").join(&config.id);
@@ -150,7 +154,7 @@ impl Partition {
     /// same data (key-value store and files; the caller sets the store's new quota when
     /// it commits to the change), new budgets, slots and guest threads. Instances already running keep the old budgets until they
     /// end, so for one request deadline both sets of limits are in use.
-    pub fn resized(&self, config: &PartitionConfig) -> Result<Arc<Self>, SandboxError> {
+    pub fn resized(&self, config: &PartitionSettings) -> Result<Arc<Self>, SandboxError> {
         debug_assert_eq!(config.id, self.id);
         let guests = GuestRuntime::new(&config.id, config.cpu)?;
         let slots = Arc::new(Semaphore::new(config.concurrency() as usize));

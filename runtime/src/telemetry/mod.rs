@@ -11,9 +11,11 @@
 
 mod metrics;
 pub mod otlp;
+mod settings;
 mod subscriber;
 
 pub use otlp::{OtlpError, OtlpSettings, Pipeline, Signal};
+pub use settings::{OtlpProtocol, TelemetrySettings};
 pub use subscriber::{export_layers, init, set_log_filter, LogFilterChange, DEFAULT_LOG_FILTER};
 
 pub use metrics::{
