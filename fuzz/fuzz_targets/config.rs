@@ -15,8 +15,8 @@ fuzz_target!(|data: &[u8]| {
     let _ = config.watch_interval();
     let _ = config.artifacts.max_component_size();
     let _ = config.artifacts.pull_timeout();
-    if let Ok(Some(wfm)) = config.wfm_settings() {
-        let _ = wfm.downtimes();
+    if let Some(wfm) = &config.wfm {
+        let _ = wfm.profile();
         let _ = wfm.poll_interval();
         let _ = wfm.max_bundle();
     }

@@ -44,7 +44,7 @@ pub struct Config {
     #[serde(default, rename = "partition")]
     pub partitions: Vec<PartitionSettings>,
     /// The Margo WFM connection; local mode when absent.
-    pub wfm: Option<toml::Table>,
+    pub wfm: Option<crate::margo::WfmSettings>,
     /// How often the deployments folder is checked for changes in local mode.
     pub watch_interval: Option<HumanDuration>,
     /// Component artifacts: size limit, cache quota and garbage collection, pulls.
@@ -129,14 +129,6 @@ impl Config {
         }
     }
 
-    /// The parsed `[wfm]` section; `None` means local mode.
-    pub fn wfm_settings(&self) -> Result<Option<crate::margo::WfmSettings>, ConfigError> {
-        self.wfm
-            .as_ref()
-            .map(|table| crate::margo::WfmSettings::from_table(table).map_err(ConfigError::Invalid))
-            .transpose()
-    }
-
     pub fn device_id(&self) -> String {
         self.device
             .as_ref()
@@ -192,7 +184,6 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
-        self.wfm_settings()?;
         self.http.validate().or_else(invalid)?;
         self.telemetry.validate().or_else(invalid)?;
         if self

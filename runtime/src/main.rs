@@ -91,7 +91,7 @@ fn run(
                 };
                 overrides.apply(&mut config);
                 let reload = ConfigSource { path, overrides };
-                let source = match config.wfm_settings()? {
+                let source = match config.wfm.clone() {
                     Some(settings) => DesiredSource::Wfm(Box::new(settings)),
                     None => {
                         if !deployments.is_dir() {

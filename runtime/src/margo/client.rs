@@ -179,7 +179,10 @@ impl WfmClient {
         let outbox = Outbox::open(&state_dir.join("outbox"), metrics.clone()).await?;
         let reported = state.reported().await;
         let transport = Self::connect(&settings, &state_dir).await?;
-        let (once, daily) = settings.downtimes().map_err(anyhow::Error::msg)?;
+        let (once, daily) = (
+            settings.downtime_once.clone(),
+            settings.downtime_daily.clone(),
+        );
         if !device.otel_collector() {
             tracing::warn!(
                 "Margo requires hosting devices to report otelCollector: true; [telemetry] enabled = false turns off the host's collector, so remove it (or set [device] otel-collector = true if another collector runs on this device): a strict WFM refuses the capabilities otherwise"
@@ -189,7 +192,7 @@ impl WfmClient {
             tracing::warn!("[device] otel-collector is deprecated: the host is its workloads' collector ([telemetry] enabled, on by default); keep it only to report an external collector with [telemetry] enabled = false");
         }
         let identity = DeviceIdentity::from_profile(&device);
-        let documents = capabilities::documents(&device, &identity, settings.profile);
+        let documents = capabilities::documents(&device, &identity, settings.profile());
         Ok(Self {
             identity,
             documents,
@@ -362,7 +365,7 @@ impl WfmClient {
     /// next cycle sends what changed and unregisters removed partitions.
     fn reconfigure(&mut self, device: DeviceProfile) {
         self.identity = DeviceIdentity::from_profile(&device);
-        self.documents = capabilities::documents(&device, &self.identity, self.settings.profile);
+        self.documents = capabilities::documents(&device, &self.identity, self.settings.profile());
         self.device = device;
     }
 
@@ -434,7 +437,7 @@ impl WfmClient {
             })
             .collect();
         reconciler.status().set_wfm(WfmSync {
-            profile: match self.settings.profile {
+            profile: match self.settings.profile() {
                 Profile::Rc3 => "rc3".into(),
                 Profile::Rc2 => "rc2".into(),
             },
@@ -841,7 +844,7 @@ impl WfmClient {
                 .transport()?
                 .api_url(&format!("deployments/{}/status", report.deployment_id))?;
             let mut body = serde_json::to_value(report).map_err(local)?;
-            if self.settings.profile == Profile::Rc2 {
+            if self.settings.profile() == Profile::Rc2 {
                 body["apiVersion"] = "deployment.margo.org/v1alpha1".into();
                 body["kind"] = "DeploymentStatusManifest".into();
             }

@@ -3,7 +3,7 @@
 //! authenticates (mTLS or RFC 9421 signatures) and sends them.
 
 use super::http::{self as wire, Response};
-use super::settings::{Profile, WfmSettings};
+use super::settings::{Profile, ProfileSettings, Rc3Trust, WfmSettings};
 use super::signing;
 use super::tls::{
     self, read_small_file, ClientIdentity, TlsError, TrustAnchors, TrustBundle, MAX_PEM_FILE,
@@ -120,17 +120,37 @@ impl Transport {
             let path = format!("{}/", base.path());
             base.set_path(&path);
         }
-        let profile = match settings.profile {
-            Profile::Rc3 => {
+        let profile = match &settings.credentials {
+            ProfileSettings::Rc3 {
+                svid_cert,
+                svid_key,
+                trust,
+            } => {
                 // Reads certificate, key and bundle files (and may be slow on a busy
                 // SD card): off the async workers the ingress shares.
-                let (settings, state_dir) = (settings.clone(), state_dir.to_owned());
-                let rc3 = tokio::task::spawn_blocking(move || Rc3::open(&settings, &state_dir))
+                let (svid, trust, state_dir) = (
+                    (svid_cert.clone(), svid_key.clone()),
+                    trust.clone(),
+                    state_dir.to_owned(),
+                );
+                let rc3 = tokio::task::spawn_blocking(move || Rc3::open(svid, trust, &state_dir))
                     .await
                     .map_err(state_err)??;
                 Profiled::Rc3(Box::new(rc3))
             }
-            Profile::Rc2 => Profiled::Rc2(Rc2::onboard(settings, &base, state_dir).await?),
+            ProfileSettings::Rc2 {
+                client_cert,
+                client_key,
+                root_ca,
+            } => Profiled::Rc2(
+                Rc2::onboard(
+                    (client_cert, client_key),
+                    root_ca.as_deref(),
+                    &base,
+                    state_dir,
+                )
+                .await?,
+            ),
         };
         Ok(Self { base, profile })
     }
@@ -320,33 +340,36 @@ fn read_trust_file(file: &Path) -> Result<Vec<u8>, TlsError> {
 }
 
 impl Rc3 {
-    /// The rc3 transport for `settings`: SVID, trust bundle (the file, or the last one
-    /// fetched through discovery, for an offline start). Blocking file I/O.
-    fn open(settings: &WfmSettings, state_dir: &Path) -> Result<Self, TransportError> {
-        let svid_cert = settings.svid_cert.clone().expect("validated");
-        let svid_key = settings.svid_key.clone().expect("validated");
-        let discovery = match (&settings.discovery_url, &settings.pinned_ca) {
-            (Some(url), Some(pinned)) => {
+    /// The rc3 transport: SVID (certificate and key files), trust bundle (the file, or
+    /// the last one fetched through discovery, for an offline start). Blocking file I/O.
+    fn open(
+        (svid_cert, svid_key): (PathBuf, PathBuf),
+        trust: Rc3Trust,
+        state_dir: &Path,
+    ) -> Result<Self, TransportError> {
+        let (discovery, trust_file) = match trust {
+            Rc3Trust::Discovery { url, pinned_ca } => {
                 let mut roots = rustls::RootCertStore::empty();
-                for cert in tls::read_certs("pinned CA", pinned)? {
+                for cert in tls::read_certs("pinned CA", &pinned_ca)? {
                     roots
                         .add(cert)
                         .map_err(|e| TlsError::Config(format!("pinned CA: {e}")))?;
                 }
-                Some(Discovery {
-                    url: url.clone(),
+                let discovery = Discovery {
+                    url,
                     tls: tls::rc2_client_config(roots)?,
                     next_refresh: Mutex::new(None),
                     saved: state_dir.join("trust-bundle.json"),
-                })
+                };
+                (Some(discovery), None)
             }
-            _ => None,
+            Rc3Trust::File(file) => (None, Some(file)),
         };
         let rc3 = Rc3 {
             discovery,
             svid_cert,
             svid_key,
-            trust_file: settings.trust_bundle.clone(),
+            trust_file,
             anchors: TrustAnchors::new(Vec::new()),
             bundle_sequence: Mutex::new(None),
             cached: Mutex::new(None),
@@ -448,13 +471,15 @@ fn read_client_files(
 }
 
 impl Rc2 {
+    /// Reads the client certificate and key, trusts the WFM's root (`root_ca`, or the
+    /// one saved or downloaded at onboarding) and onboards once.
     async fn onboard(
-        settings: &WfmSettings,
+        (cert_path, key_path): (&PathBuf, &PathBuf),
+        root_ca: Option<&Path>,
         base: &Url,
         state_dir: &Path,
     ) -> Result<Self, TransportError> {
-        let cert_path = settings.client_cert.clone().expect("validated");
-        let key_path = settings.client_key.clone().expect("validated");
+        let (cert_path, key_path) = (cert_path.clone(), key_path.clone());
         let (cert_pem, key_pem) = {
             let (cert_path, key_path, state_dir) =
                 (cert_path.clone(), key_path.clone(), state_dir.to_owned());
@@ -470,7 +495,7 @@ impl Rc2 {
                 key_path.display()
             ))
         })?;
-        let tls = Self::root_config(settings, base, state_dir).await?;
+        let tls = Self::root_config(root_ca, base, state_dir).await?;
         let id_file = state_dir.join("client-id");
         let read = {
             let id_file = id_file.clone();
@@ -535,13 +560,13 @@ impl Rc2 {
     /// Trust for the WFM's server certificate: the configured root, else the one
     /// downloaded earlier, else fetched now over a channel the public web PKI vouches for.
     async fn root_config(
-        settings: &WfmSettings,
+        root_ca: Option<&Path>,
         base: &Url,
         state_dir: &Path,
     ) -> Result<Arc<rustls::ClientConfig>, TransportError> {
         let saved = state_dir.join("root-ca.pem");
         let known = {
-            let (configured, saved) = (settings.root_ca.clone(), saved.clone());
+            let (configured, saved) = (root_ca.map(Path::to_owned), saved.clone());
             tokio::task::spawn_blocking(move || {
                 match configured.or_else(|| saved.exists().then_some(saved)) {
                     Some(path) => tls::read_certs("root CA", &path).map(Some),
