@@ -1,7 +1,9 @@
 //! wasmgate: a Margo edge runtime that serves WebAssembly components on wasmtime.
 //!
-//! See `DESIGN.md` for which module owns what. Data flows one way:
-//! `deploy` (desired state) -> `workload` -> `engine`; `ingress` -> `workload`.
+//! Data flows one way: `margo` -> `deploy` -> `trigger` / `workload` -> `sandbox` ->
+//! `engine`, and `ingress` -> `trigger`; `config` reads the file into each room's own
+//! settings type and nothing imports it back; `host` composes the rooms. The README's
+//! module map says what each room owns, and `tests/layering.rs` holds the code to it.
 
 pub mod cli;
 pub mod config;
