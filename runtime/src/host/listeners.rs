@@ -41,8 +41,14 @@ pub struct Bound {
 }
 
 impl Bound {
-    pub fn is_empty(&self) -> bool {
-        self.ingress.is_none() && self.admin.is_none()
+    /// Whether the ingress listener moves.
+    pub fn moves_ingress(&self) -> bool {
+        self.ingress.is_some()
+    }
+
+    /// Whether the admin listener moves, appears or goes away.
+    pub fn moves_admin(&self) -> bool {
+        self.admin.is_some()
     }
 }
 

@@ -67,6 +67,8 @@ pub enum ReloadError {
     Partition { partition: String, message: String },
     #[error("{0:#}")]
     Listener(anyhow::Error),
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 /// Owns the running configuration and applies reloads to the listeners, the
@@ -118,7 +120,9 @@ impl Reloader {
         let path = self.source.path.clone().ok_or(ReloadError::NoFile)?;
         let mut new = tokio::task::spawn_blocking(move || Config::load(&path))
             .await
-            .map_err(|e| ReloadError::Listener(e.into()))??;
+            .map_err(|e| {
+                ReloadError::Internal(format!("the task reading the file failed: {e}"))
+            })??;
         self.source.overrides.apply(&mut new);
         let restart = crate::config::restart_only_changes(&self.config, &new);
         if !restart.is_empty() {
@@ -144,7 +148,7 @@ impl Reloader {
             .map_err(ReloadError::Listener)?;
 
         // Nothing below fails the reload.
-        let moved = !bound.is_empty();
+        let (ingress_moved, admin_moved) = (bound.moves_ingress(), bound.moves_admin());
         if let Err(err) = self.listeners.switch(bound) {
             tracing::error!(error = %format!("{err:#}"), "cannot serve on a moved listener");
         }
@@ -171,7 +175,11 @@ impl Reloader {
             },
         });
         self.config = new;
-        Ok(summary(&changes, moved.then(|| self.listeners.addr())))
+        let moved = Moved {
+            ingress: ingress_moved.then(|| self.listeners.addr()),
+            admin: admin_moved.then(|| self.listeners.admin_addr()),
+        };
+        Ok(summary(&changes, &moved))
     }
 }
 
@@ -217,14 +225,21 @@ async fn prepare_partitions(
     })
     .await;
     result.unwrap_or_else(|e| {
-        Err(ReloadError::Partition {
-            partition: "(all)".into(),
-            message: format!("the preparation task failed: {e}"),
-        })
+        Err(ReloadError::Internal(format!(
+            "the task preparing the partitions failed: {e}"
+        )))
     })
 }
 
-fn summary(changes: &Changes, listen: Option<SocketAddr>) -> String {
+/// The listeners a reload moved, at their new addresses.
+#[derive(Debug, Default)]
+struct Moved {
+    ingress: Option<SocketAddr>,
+    /// `Some(None)`: the admin listener was turned off.
+    admin: Option<Option<SocketAddr>>,
+}
+
+fn summary(changes: &Changes, moved: &Moved) -> String {
     let mut parts = Vec::new();
     for (what, list) in [
         ("added", &changes.added),
@@ -235,8 +250,13 @@ fn summary(changes: &Changes, listen: Option<SocketAddr>) -> String {
             parts.push(format!("partitions {what}: {}", list.join(", ")));
         }
     }
-    if let Some(addr) = listen {
+    if let Some(addr) = moved.ingress {
         parts.push(format!("listening on {addr}"));
+    }
+    match moved.admin {
+        Some(Some(addr)) => parts.push(format!("admin on {addr}")),
+        Some(None) => parts.push("admin listener off".into()),
+        None => {}
     }
     if parts.is_empty() {
         "no partition or listener changed".into()
@@ -257,11 +277,34 @@ mod tests {
             resized: vec![],
         };
         assert_eq!(
-            summary(&changes, Some("127.0.0.1:9000".parse().unwrap())),
+            summary(
+                &changes,
+                &Moved {
+                    ingress: Some("127.0.0.1:9000".parse().unwrap()),
+                    admin: None
+                }
+            ),
             "partitions added: edge/b; partitions removed: edge/c; listening on 127.0.0.1:9000"
         );
+        // Only the admin listener moved: the summary says that, not "listening on".
+        let admin_only = Moved {
+            ingress: None,
+            admin: Some(Some("127.0.0.1:9001".parse().unwrap())),
+        };
         assert_eq!(
-            summary(&Changes::default(), None),
+            summary(&Changes::default(), &admin_only),
+            "admin on 127.0.0.1:9001"
+        );
+        let admin_off = Moved {
+            ingress: None,
+            admin: Some(None),
+        };
+        assert_eq!(
+            summary(&Changes::default(), &admin_off),
+            "admin listener off"
+        );
+        assert_eq!(
+            summary(&Changes::default(), &Moved::default()),
             "no partition or listener changed"
         );
     }
