@@ -249,7 +249,8 @@ fn default_partition() -> PartitionSettings {
         .map(|n| n.get())
         .unwrap_or(1) as f64;
     let memory = (sys.total_memory() / 2).clamp(64 << 20, 1 << 30);
-    PartitionSettings::new("default", cores, memory, 1 << 30)
+    let id = crate::types::PartitionId::parse("default").expect("a valid id");
+    PartitionSettings::new(id, cores, memory, 1 << 30)
 }
 
 #[cfg(test)]

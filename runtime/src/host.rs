@@ -63,7 +63,7 @@ fn eligibility_documents(config: &Config) -> BTreeMap<String, serde_json::Value>
                 p,
                 crate::margo::Profile::Rc3,
             );
-            (p.id.clone(), doc)
+            (p.id.to_string(), doc)
         })
         .collect()
 }

@@ -65,6 +65,99 @@ pub fn is_valid_id_segment(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-'))
 }
 
+/// Why a text is not an id segment.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} {text:?}: expected letters, digits, '.', '_', '~' or '-' (1 to 128 characters)")]
+pub struct IdError {
+    what: &'static str,
+    text: String,
+}
+
+/// Newtypes over a valid id segment: parsed once at the edge (a file, a document), then
+/// used as `&str` wherever a name is needed.
+macro_rules! id_segment {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn parse(text: &str) -> Result<Self, IdError> {
+                if is_valid_id_segment(text) {
+                    Ok(Self(text.to_owned()))
+                } else {
+                    Err(IdError {
+                        what: $what,
+                        text: text.chars().take(140).collect(),
+                    })
+                }
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::ops::Deref for $name {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl AsRef<std::path::Path> for $name {
+            fn as_ref(&self) -> &std::path::Path {
+                std::path::Path::new(&self.0)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(d)?;
+                Self::parse(&text).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+id_segment!(
+    /// A sandbox partition's id: the second segment of its `DEVICE/PARTITION` device id
+    /// and the name of its folder under the state directory.
+    PartitionId,
+    "partition id"
+);
+
 /// Whether `s` is the hex part of a sha256 digest: 64 lowercase hex characters (the only
 /// spelling our stores write, so the only one a file name may have).
 pub fn is_sha256_hex(s: &str) -> bool {
@@ -112,5 +205,19 @@ mod tests {
             assert_eq!(sha256_hex(&bad), None, "{bad}");
         }
         assert!(!is_sha256_hex(&format!("{}\u{e9}", &hex[2..])));
+    }
+
+    #[test]
+    fn ids_hold_only_valid_segments() {
+        let id = PartitionId::parse("apps-1.a_b~c").unwrap();
+        assert_eq!(id, "apps-1.a_b~c");
+        assert_eq!(id.to_string(), "apps-1.a_b~c");
+        for bad in ["", "a/b", "a b", "a\nb", "caf\u{e9}", &"a".repeat(129)] {
+            let err = PartitionId::parse(bad).unwrap_err().to_string();
+            assert!(err.starts_with("partition id "), "{err}");
+        }
+        let parsed: PartitionId = serde_json::from_str("\"p1\"").unwrap();
+        assert_eq!(parsed.as_str(), "p1");
+        assert!(serde_json::from_str::<PartitionId>("\"../etc\"").is_err());
     }
 }

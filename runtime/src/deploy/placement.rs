@@ -154,7 +154,7 @@ fn autonomous(
         p.config
             .memory
             .0
-            .saturating_sub(committed.get(&p.id).copied().unwrap_or(0))
+            .saturating_sub(committed.get(p.id.as_str()).copied().unwrap_or(0))
     };
     let fits = |p: &&Arc<Partition>| {
         free(p) >= requirement.memory && requirement.cores.is_none_or(|c| p.config.cpu >= c)
@@ -204,6 +204,7 @@ mod tests {
         [("a", 1.0, 256u64 << 20), ("b", 0.5, 128 << 20)]
             .into_iter()
             .map(|(id, cpu, memory)| {
+                let id = crate::types::PartitionId::parse(id).unwrap();
                 let config = PartitionSettings::new(id, cpu, memory, 1 << 20);
                 Partition::open("edge", &config, dir).unwrap()
             })
@@ -293,7 +294,7 @@ mod tests {
         );
         assert_eq!(kept.unwrap().id, other.id);
         // Full: it goes where there is room.
-        let full: BTreeMap<String, u64> = [(other.id.clone(), u64::MAX / 2)].into();
+        let full: BTreeMap<String, u64> = [(other.id.to_string(), u64::MAX / 2)].into();
         let moved = place_keeping(
             Some(&other.id),
             Some("edge/*"),

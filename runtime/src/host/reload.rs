@@ -199,7 +199,7 @@ async fn prepare_partitions(
         let mut next = Vec::with_capacity(wanted.len());
         for p in &wanted {
             let failed = |e: crate::sandbox::SandboxError| ReloadError::Partition {
-                partition: p.id.clone(),
+                partition: p.id.to_string(),
                 message: e.to_string(),
             };
             let partition = match current.iter().find(|c| c.id == p.id) {

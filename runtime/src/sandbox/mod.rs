@@ -54,7 +54,7 @@ pub type SharedPartitions = Arc<arc_swap::ArcSwap<Vec<Arc<Partition>>>>;
 
 /// A live partition.
 pub struct Partition {
-    pub id: String,
+    pub id: crate::types::PartitionId,
     /// `DEVICE/PARTITION`, the id the WFM and deployment YAMLs use.
     pub device_id: String,
     pub config: PartitionSettings,
@@ -111,13 +111,13 @@ impl Partition {
         let root = state_dir.join("partitions").join(&config.id);
         let files_dir = root.join("files");
         std::fs::create_dir_all(&files_dir).map_err(|source| SandboxError::Dir {
-            partition: config.id.clone(),
+            partition: config.id.to_string(),
             path: files_dir.clone(),
             source,
         })?;
         let kv = KvStore::open(&root.join("kv.redb"), config.storage.0).map_err(|source| {
             SandboxError::Kv {
-                partition: config.id.clone(),
+                partition: config.id.to_string(),
                 source,
             }
         })?;

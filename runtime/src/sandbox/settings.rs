@@ -1,6 +1,7 @@
 //! `[[partition]]`: one sandbox partition's budgets and limits, as the configuration
 //! file gives them, with the defaults of what it leaves out.
 
+use crate::types::PartitionId;
 use crate::units::{ByteSize, HumanDuration};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -9,7 +10,7 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct PartitionSettings {
-    pub id: String,
+    pub id: PartitionId,
     /// CPU share in cores (0.5 = half of one core on average).
     pub cpu: f64,
     /// Memory budget for all live instances of the partition together.
@@ -43,9 +44,9 @@ pub const DEFAULT_INSTANCE_MEMORY: u64 = 128 << 20;
 impl PartitionSettings {
     /// A partition of `cpu` cores, `memory` and `storage` bytes with every other limit
     /// at its default.
-    pub fn new(id: &str, cpu: f64, memory: u64, storage: u64) -> Self {
+    pub fn new(id: PartitionId, cpu: f64, memory: u64, storage: u64) -> Self {
         Self {
-            id: id.into(),
+            id,
             cpu,
             memory: ByteSize(memory),
             storage: ByteSize(storage),
@@ -80,14 +81,9 @@ impl PartitionSettings {
             .unwrap_or(DEFAULT_QUEUE_TIMEOUT)
     }
 
-    /// What the partition itself must satisfy; `at` names it in the message (its place
-    /// in the file and its id).
+    /// What the partition itself must satisfy (its id is valid by type); `at` names it
+    /// in the message (its place in the file and its id).
     pub fn validate(&self, at: &str) -> Result<(), String> {
-        if !crate::types::is_valid_id_segment(&self.id) {
-            return Err(format!(
-                "{at} id: expected letters, digits, '.', '_', '~' or '-' (1 to 128 characters)"
-            ));
-        }
         if !(self.cpu.is_finite() && self.cpu > 0.0 && self.cpu <= 1024.0) {
             return Err(format!(
                 "{at} cpu = {}: expected a number of cores > 0, e.g. 0.5",
@@ -116,7 +112,7 @@ mod tests {
 
     #[test]
     fn defaults_fill_what_is_left_out() {
-        let p = PartitionSettings::new("a", 0.5, 64 << 20, 1 << 20);
+        let p = PartitionSettings::new(PartitionId::parse("a").unwrap(), 0.5, 64 << 20, 1 << 20);
         assert_eq!(
             p.instance_memory(),
             64 << 20,
@@ -130,10 +126,9 @@ mod tests {
 
     #[test]
     fn bad_limits_name_the_field() {
-        let base = PartitionSettings::new("a", 1.0, 64 << 20, 1 << 20);
+        let base = PartitionSettings::new(PartitionId::parse("a").unwrap(), 1.0, 64 << 20, 1 << 20);
         type Spoil = fn(&mut PartitionSettings);
-        let cases: [(Spoil, &str); 5] = [
-            (|p| p.id = "a/b".into(), "id"),
+        let cases: [(Spoil, &str); 4] = [
             (|p| p.cpu = f64::NAN, "cpu"),
             (|p| p.memory = ByteSize(1000), "memory"),
             (|p| p.concurrency = Some(0), "concurrency"),

@@ -80,10 +80,12 @@ pub fn activate(
         // What runs in a partition that changed or left is placed again after this, in
         // source order; it holds no room in the new partitions yet.
         if id != &deployment.id && placed_in(&applied.partition, host.partitions) {
-            *committed.entry(applied.partition.id.clone()).or_default() += applied.memory;
+            *committed
+                .entry(applied.partition.id.to_string())
+                .or_default() += applied.memory;
         }
     }
-    let eligible = |p: &Partition| match host.capabilities.get(&p.id) {
+    let eligible = |p: &Partition| match host.capabilities.get(p.id.as_str()) {
         Some(doc) => {
             eligibility::check(deployment.device_constraints.as_ref(), doc).map_err(|e| e.0)
         }
