@@ -105,9 +105,10 @@ impl OurHost {
         );
         let ticker = engine.start_epoch_ticker();
         let state_dir = tempfile::tempdir()?;
+        let device = wasmgate::types::DeviceId::parse(DEVICE)?;
         let partitions = configs
             .iter()
-            .map(|c| Partition::open(DEVICE, c, state_dir.path()))
+            .map(|c| Partition::open(&device, c, state_dir.path()))
             .collect::<Result<Vec<_>, _>>()?;
         let linker = wasmgate::workload::linker(&engine.engine).wt()?;
         Ok(Self {

@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let device = config.device_profile();
     let identity = DeviceIdentity {
-        id: device.id.clone(),
+        id: device.id.to_string(),
         vendor: "v".into(),
         model: "m".into(),
         serial: "s".into(),

@@ -10,6 +10,7 @@ use crate::ingress::HttpSettings;
 use crate::margo::{DeviceProfile, DeviceSettings, GatewayMode};
 use crate::sandbox::{PartitionSettings, DEFAULT_QUEUE_TIMEOUT, DEFAULT_TIMEOUT};
 use crate::telemetry::TelemetrySettings;
+use crate::types::DeviceId;
 use crate::units::HumanDuration;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -129,7 +130,7 @@ impl Config {
         }
     }
 
-    pub fn device_id(&self) -> String {
+    pub fn device_id(&self) -> DeviceId {
         self.device
             .as_ref()
             .and_then(|d| d.id.clone())
@@ -202,9 +203,10 @@ impl Config {
             }
         }
         let device_id = self.device_id();
-        if !crate::types::is_valid_id_segment(&device_id) {
+        if !device_id.is_host() {
             return invalid(format!(
-                "[device] id {device_id:?}: expected letters, digits, '.', '_', '~' or '-' (1 to 128 characters)"
+                "[device] id {:?}: expected one segment (letters, digits, '.', '_', '~' or '-'), without '/': the partitions are the segments below it",
+                device_id.as_str()
             ));
         }
         let mut seen = std::collections::BTreeSet::new();
@@ -220,7 +222,7 @@ impl Config {
     }
 }
 
-fn detected_device_id() -> String {
+fn detected_device_id() -> DeviceId {
     let name = sysinfo::System::host_name().unwrap_or_default();
     let cleaned: String = name
         .chars()
@@ -233,11 +235,8 @@ fn detected_device_id() -> String {
         })
         .take(128)
         .collect();
-    if cleaned.is_empty() {
-        "wasmgate".into()
-    } else {
-        cleaned
-    }
+    // Cleaned to unreserved characters, so only an empty name fails.
+    DeviceId::parse(&cleaned).unwrap_or_else(|_| DeviceId::parse("wasmgate").expect("a valid id"))
 }
 
 /// All cores, half the memory (at most 1 GiB) and 1 GiB of storage: enough for a

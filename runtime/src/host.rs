@@ -100,7 +100,7 @@ impl Host {
         let reconciler = Reconciler::new(
             engine,
             aot,
-            device_id,
+            device_id.to_string(),
             partitions.clone(),
             routes.clone(),
             status.clone(),
@@ -153,7 +153,7 @@ impl Host {
                 max_body: self.config.http.max_request_body.0,
             },
             AdminState {
-                device_id: self.config.device_id(),
+                device_id: self.config.device_id().to_string(),
                 status: self.status.clone(),
                 partitions: self.partitions.clone(),
                 metrics: self.reconciler.metrics().clone(),

@@ -158,6 +158,83 @@ id_segment!(
     "partition id"
 );
 
+/// A Margo `deviceId`: one or more id segments joined by `/` (`edge-01`, or a see-thru
+/// partition `edge-01/apps`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct DeviceId(String);
+
+impl DeviceId {
+    pub fn parse(text: &str) -> Result<Self, IdError> {
+        if !text.is_empty() && text.split('/').all(is_valid_id_segment) {
+            Ok(Self(text.to_owned()))
+        } else {
+            Err(IdError {
+                what: "device id",
+                text: text.chars().take(140).collect(),
+            })
+        }
+    }
+
+    /// The id of `partition` under this device: `DEVICE/PARTITION`.
+    pub fn child(&self, partition: &PartitionId) -> Self {
+        Self(format!("{}/{partition}", self.0))
+    }
+
+    /// Whether this is a single segment (a host, not a partition of one).
+    pub fn is_host(&self) -> bool {
+        !self.0.contains('/')
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for DeviceId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for DeviceId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl PartialEq<str> for DeviceId {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for DeviceId {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl From<DeviceId> for String {
+    fn from(id: DeviceId) -> String {
+        id.0
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for DeviceId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Self::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 /// Whether `s` is the hex part of a sha256 digest: 64 lowercase hex characters (the only
 /// spelling our stores write, so the only one a file name may have).
 pub fn is_sha256_hex(s: &str) -> bool {
@@ -219,5 +296,19 @@ mod tests {
         let parsed: PartitionId = serde_json::from_str("\"p1\"").unwrap();
         assert_eq!(parsed.as_str(), "p1");
         assert!(serde_json::from_str::<PartitionId>("\"../etc\"").is_err());
+    }
+
+    #[test]
+    fn device_ids_are_segments_joined_by_slashes() {
+        let host = DeviceId::parse("edge-01").unwrap();
+        assert!(host.is_host());
+        let child = host.child(&PartitionId::parse("apps").unwrap());
+        assert_eq!(child, "edge-01/apps");
+        assert!(!child.is_host());
+        assert_eq!(DeviceId::parse("edge-01/apps").unwrap(), child);
+        for bad in ["", "/", "a/", "/a", "a//b", "a/b c", "a/*"] {
+            let err = DeviceId::parse(bad).unwrap_err().to_string();
+            assert!(err.starts_with("device id "), "{bad:?}: {err}");
+        }
     }
 }

@@ -136,7 +136,7 @@ pub fn place_keeping(
                         .join(", "),
                 })?;
             eligible(&partition).map_err(|reason| PlacementError::Ineligible {
-                target: partition.device_id.clone(),
+                target: partition.device_id.to_string(),
                 reason,
             })?;
             Ok(partition)
@@ -206,7 +206,12 @@ mod tests {
             .map(|(id, cpu, memory)| {
                 let id = crate::types::PartitionId::parse(id).unwrap();
                 let config = PartitionSettings::new(id, cpu, memory, 1 << 20);
-                Partition::open("edge", &config, dir).unwrap()
+                Partition::open(
+                    &crate::types::DeviceId::parse("edge").unwrap(),
+                    &config,
+                    dir,
+                )
+                .unwrap()
             })
             .collect()
     }

@@ -300,7 +300,7 @@ impl Reconciler {
                 (
                     format!("{host}{}", r.prefix),
                     r.workload.spec.deployment_name.clone(),
-                    r.workload.spec.partition.device_id.clone(),
+                    r.workload.spec.partition.device_id.to_string(),
                 )
             })
             .collect()
@@ -360,7 +360,7 @@ impl Reconciler {
                 id: id.clone(),
                 source: a.source.clone(),
                 outline: Outline::from(&a.deployment),
-                partition: a.partition.device_id.clone(),
+                partition: a.partition.device_id.to_string(),
             })
             .collect();
         let plan = plan::plan(desired, &running);

@@ -125,7 +125,7 @@ impl AdminState {
             .load()
             .iter()
             .map(|p| PartitionSample {
-                partition: p.device_id.clone(),
+                partition: p.device_id.to_string(),
                 memory_used: p.memory.used(),
                 memory_limit: p.memory.limit(),
                 cpu_throttled_seconds: p.cpu.throttled().as_secs_f64(),

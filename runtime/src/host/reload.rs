@@ -205,12 +205,12 @@ async fn prepare_partitions(
             let partition = match current.iter().find(|c| c.id == p.id) {
                 Some(old) if old.config == *p => old.clone(),
                 Some(old) => {
-                    changes.resized.push(old.device_id.clone());
+                    changes.resized.push(old.device_id.to_string());
                     old.resized(p).map_err(failed)?
                 }
                 None => {
                     let opened = Partition::open(&device_id, p, &state_dir).map_err(failed)?;
-                    changes.added.push(opened.device_id.clone());
+                    changes.added.push(opened.device_id.to_string());
                     opened
                 }
             };
@@ -219,7 +219,7 @@ async fn prepare_partitions(
         changes.removed = current
             .iter()
             .filter(|c| !wanted.iter().any(|p| p.id == c.id))
-            .map(|c| c.device_id.clone())
+            .map(|c| c.device_id.to_string())
             .collect();
         Ok((next, changes))
     })

@@ -44,7 +44,7 @@ impl DeviceIdentity {
                 .unwrap_or_else(|| "unknown".into())
         };
         Self {
-            id: device.id.clone(),
+            id: device.id.to_string(),
             vendor: pick(settings.vendor.as_ref(), read_dmi("sys_vendor")),
             model: pick(settings.model.as_ref(), read_dmi("product_name")),
             serial: pick(

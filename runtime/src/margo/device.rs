@@ -23,7 +23,7 @@ pub enum GatewayMode {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct DeviceSettings {
     /// The host's Margo device id; defaults to the machine's host name.
-    pub id: Option<String>,
+    pub id: Option<crate::types::DeviceId>,
     #[serde(default)]
     pub mode: GatewayMode,
     #[serde(default)]
@@ -55,7 +55,7 @@ pub fn reports_otel_collector(
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceProfile {
     /// The resolved device id (configured, or the detected host name).
-    pub id: String,
+    pub id: crate::types::DeviceId,
     pub settings: DeviceSettings,
     pub partitions: Vec<PartitionSettings>,
     pub telemetry: TelemetrySettings,

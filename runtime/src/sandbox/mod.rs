@@ -56,7 +56,7 @@ pub type SharedPartitions = Arc<arc_swap::ArcSwap<Vec<Arc<Partition>>>>;
 pub struct Partition {
     pub id: crate::types::PartitionId,
     /// `DEVICE/PARTITION`, the id the WFM and deployment YAMLs use.
-    pub device_id: String,
+    pub device_id: crate::types::DeviceId,
     pub config: PartitionSettings,
     pub memory: Arc<MemoryBudget>,
     pub cpu: Arc<CpuShare>,
@@ -104,7 +104,7 @@ impl std::fmt::Debug for Partition {
 impl Partition {
     /// Opens the partition's state under `state_dir/partitions/<id>`.
     pub fn open(
-        device_id: &str,
+        device_id: &crate::types::DeviceId,
         config: &PartitionSettings,
         state_dir: &Path,
     ) -> Result<Arc<Self>, SandboxError> {
@@ -138,7 +138,7 @@ impl Partition {
         ));
         Ok(Arc::new(Self {
             id: config.id.clone(),
-            device_id: format!("{device_id}/{}", config.id),
+            device_id: device_id.child(&config.id),
             config: config.clone(),
             memory: Arc::new(MemoryBudget::new(config.memory.0)),
             cpu: Arc::new(CpuShare::new(config.cpu)),
@@ -192,7 +192,7 @@ impl Partition {
 
     pub async fn admit_within(&self, wait: Duration) -> Result<Slot, AdmissionError> {
         let busy = || AdmissionError::Busy {
-            partition: self.device_id.clone(),
+            partition: self.device_id.to_string(),
             limit: self.config.concurrency(),
         };
         match tokio::time::timeout(wait, self.slots.clone().acquire_owned()).await {

@@ -202,7 +202,7 @@ impl Workload {
         let log = Arc::new(LogContext::new(
             &spec.deployment_name,
             &spec.component,
-            &spec.partition.device_id,
+            spec.partition.device_id.as_str(),
         ));
         Ok(Self {
             spec,
@@ -299,7 +299,7 @@ impl Workload {
             Some(MemoryDenial::Partition { limit }) => {
                 return InvocationError::PartitionMemory {
                     label,
-                    partition: self.spec.partition.device_id.clone(),
+                    partition: self.spec.partition.device_id.to_string(),
                     limit: *limit,
                 }
             }
