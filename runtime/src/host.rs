@@ -50,15 +50,16 @@ pub fn pool_sizing(config: &Config) -> PoolSizing {
 
 /// The capabilities each partition advertises, as deployments' `deviceConstraints`
 /// are checked against them (the rc.3 shape, whatever the WFM profile).
-fn eligibility_documents(config: &Config) -> BTreeMap<String, serde_json::Value> {
-    let device = config.device_profile();
-    let identity = crate::margo::capabilities::DeviceIdentity::from_profile(&device);
+fn eligibility_documents(
+    device: &crate::margo::DeviceProfile,
+) -> BTreeMap<String, serde_json::Value> {
+    let identity = crate::margo::capabilities::DeviceIdentity::from_profile(device);
     device
         .partitions
         .iter()
         .map(|p| {
             let doc = crate::margo::capabilities::partition_document(
-                &device,
+                device,
                 &identity,
                 p,
                 crate::margo::Profile::Rc3,
@@ -114,7 +115,7 @@ impl Host {
             )
         })?;
         let mut reconciler = reconciler;
-        reconciler.set_capabilities(eligibility_documents(&config));
+        reconciler.set_capabilities(eligibility_documents(&config.device_profile()));
         Ok(Self {
             config,
             source: ConfigSource::default(),
@@ -153,7 +154,7 @@ impl Host {
                 max_body: self.config.http.max_request_body.0,
             },
             AdminState {
-                device_id: self.config.device_id().to_string(),
+                device_id: self.config.device_id(),
                 status: self.status.clone(),
                 partitions: self.partitions.clone(),
                 metrics: self.reconciler.metrics().clone(),

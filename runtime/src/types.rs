@@ -73,10 +73,15 @@ pub struct IdError {
     text: String,
 }
 
-/// Newtypes over a valid id segment: parsed once at the edge (a file, a document), then
-/// used as `&str` wherever a name is needed.
-macro_rules! id_segment {
-    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+/// Whether `s` is a Margo `deviceId`: one or more id segments joined by `/`.
+pub fn is_valid_device_id(s: &str) -> bool {
+    !s.is_empty() && s.split('/').all(is_valid_id_segment)
+}
+
+/// Newtypes over a string `$valid` accepts: parsed once at the edge (a file, a
+/// document), then used as `&str` wherever a name is needed.
+macro_rules! checked_id {
+    ($(#[$doc:meta])* $name:ident, $what:literal, $valid:path) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
         #[serde(transparent)]
@@ -84,7 +89,7 @@ macro_rules! id_segment {
 
         impl $name {
             pub fn parse(text: &str) -> Result<Self, IdError> {
-                if is_valid_id_segment(text) {
+                if $valid(text) {
                     Ok(Self(text.to_owned()))
                 } else {
                     Err(IdError {
@@ -109,12 +114,6 @@ macro_rules! id_segment {
         impl std::borrow::Borrow<str> for $name {
             fn borrow(&self) -> &str {
                 &self.0
-            }
-        }
-
-        impl AsRef<std::path::Path> for $name {
-            fn as_ref(&self) -> &std::path::Path {
-                std::path::Path::new(&self.0)
             }
         }
 
@@ -151,31 +150,30 @@ macro_rules! id_segment {
     };
 }
 
-id_segment!(
+checked_id!(
     /// A sandbox partition's id: the second segment of its `DEVICE/PARTITION` device id
     /// and the name of its folder under the state directory.
     PartitionId,
-    "partition id"
+    "partition id",
+    is_valid_id_segment
 );
 
-/// A Margo `deviceId`: one or more id segments joined by `/` (`edge-01`, or a see-thru
-/// partition `edge-01/apps`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-#[serde(transparent)]
-pub struct DeviceId(String);
+/// One segment, so joining it to a directory never climbs or nests.
+impl AsRef<std::path::Path> for PartitionId {
+    fn as_ref(&self) -> &std::path::Path {
+        std::path::Path::new(&self.0)
+    }
+}
+
+checked_id!(
+    /// A Margo `deviceId`: one or more id segments joined by `/` (`edge-01`, or a
+    /// see-thru partition `edge-01/apps`).
+    DeviceId,
+    "device id",
+    is_valid_device_id
+);
 
 impl DeviceId {
-    pub fn parse(text: &str) -> Result<Self, IdError> {
-        if !text.is_empty() && text.split('/').all(is_valid_id_segment) {
-            Ok(Self(text.to_owned()))
-        } else {
-            Err(IdError {
-                what: "device id",
-                text: text.chars().take(140).collect(),
-            })
-        }
-    }
-
     /// The id of `partition` under this device: `DEVICE/PARTITION`.
     pub fn child(&self, partition: &PartitionId) -> Self {
         Self(format!("{}/{partition}", self.0))
@@ -184,54 +182,6 @@ impl DeviceId {
     /// Whether this is a single segment (a host, not a partition of one).
     pub fn is_host(&self) -> bool {
         !self.0.contains('/')
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::ops::Deref for DeviceId {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::borrow::Borrow<str> for DeviceId {
-    fn borrow(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for DeviceId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl PartialEq<str> for DeviceId {
-    fn eq(&self, other: &str) -> bool {
-        self.0 == other
-    }
-}
-
-impl PartialEq<&str> for DeviceId {
-    fn eq(&self, other: &&str) -> bool {
-        self.0 == *other
-    }
-}
-
-impl From<DeviceId> for String {
-    fn from(id: DeviceId) -> String {
-        id.0
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for DeviceId {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        Self::parse(&text).map_err(serde::de::Error::custom)
     }
 }
 

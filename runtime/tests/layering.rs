@@ -77,24 +77,49 @@ fn room(src: &Path, file: &Path) -> String {
     first.trim_end_matches(".rs").to_owned()
 }
 
-/// Every `crate::NAME` in `line`, outside a line comment.
+/// Every `crate::NAME` in `line`, outside a line comment; a group `crate::{a::X, b}`
+/// yields each of its top-level names.
 fn crate_paths(line: &str) -> Vec<String> {
     let code = line.split("//").next().unwrap_or("");
+    let ident = |s: &str| -> String {
+        s.trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
     let mut found = Vec::new();
     let mut rest = code;
     while let Some(at) = rest.find("crate::") {
         let before = rest[..at].chars().last();
         let after = &rest[at + "crate::".len()..];
-        let name: String = after
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect();
         // `wasmgate_host_api::...` or `some_crate::` are other crates, not this one.
-        if !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') && !name.is_empty() {
-            found.push(name);
+        let ours = !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        if ours {
+            if let Some(group) = after.strip_prefix('{') {
+                let mut depth = 0usize;
+                let mut start = 0;
+                for (i, c) in group.char_indices() {
+                    match c {
+                        '{' => depth += 1,
+                        '}' if depth == 0 => {
+                            found.push(ident(&group[start..i]));
+                            break;
+                        }
+                        '}' => depth -= 1,
+                        ',' if depth == 0 => {
+                            found.push(ident(&group[start..i]));
+                            start = i + 1;
+                        }
+                        _ => {}
+                    }
+                }
+            } else {
+                found.push(ident(after));
+            }
         }
         rest = after;
     }
+    found.retain(|name| !name.is_empty());
     found
 }
 
@@ -160,6 +185,10 @@ fn the_path_scanner_finds_what_it_must() {
     assert_eq!(
         crate_paths("let a = crate::config::A + crate::units::B;"),
         vec!["config", "units"]
+    );
+    assert_eq!(
+        crate_paths("use crate::{config::Config, deploy::{A, B}, units};"),
+        vec!["config", "deploy", "units"]
     );
     assert!(crate_paths("use other_crate::x;").is_empty());
     assert!(crate_paths("// crate::config in a comment").is_empty());

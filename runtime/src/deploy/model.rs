@@ -321,8 +321,7 @@ fn is_uuid(s: &str) -> bool {
 
 /// Margo `deviceId`: unreserved segments joined by `/`, optionally ending in `/*`.
 pub fn is_valid_device_id(s: &str) -> bool {
-    let body = s.strip_suffix("/*").unwrap_or(s);
-    !body.is_empty() && body.split('/').all(crate::types::is_valid_id_segment)
+    crate::types::is_valid_device_id(s.strip_suffix("/*").unwrap_or(s))
 }
 
 /// A value from the document for an error message: quoted and escaped (a newline or

@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 
 #[derive(Clone)]
 pub struct AdminState {
-    pub device_id: String,
+    pub device_id: crate::types::DeviceId,
     pub status: Arc<StatusBoard>,
     /// The partitions as they are now (a reloaded configuration swaps them).
     pub partitions: SharedPartitions,

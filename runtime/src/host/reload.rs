@@ -166,9 +166,10 @@ impl Reloader {
             p.kv.set_quota_bytes(p.config.storage.0);
         }
         self.partitions.store(Arc::new(partitions.clone()));
-        let capabilities = super::eligibility_documents(&new);
+        let device = new.device_profile();
+        let capabilities = super::eligibility_documents(&device);
         let _ = self.reconfigure.send(Reconfigured {
-            device: new.device_profile(),
+            device,
             deploy: Reconfiguration {
                 partitions,
                 capabilities,

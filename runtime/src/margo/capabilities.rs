@@ -25,11 +25,36 @@ pub struct DeviceIdentity {
     pub serial: String,
 }
 
-fn read_dmi(name: &str) -> Option<String> {
-    std::fs::read_to_string(format!("/sys/class/dmi/id/{name}"))
-        .ok()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
+/// A small system file's first line of text (at most 4 KiB read), trimmed; `None`
+/// when absent or empty.
+fn read_small(path: &str) -> Option<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .ok()?
+        .take(4096)
+        .read_to_string(&mut text)
+        .ok()?;
+    Some(text.trim().to_owned()).filter(|s| !s.is_empty())
+}
+
+/// Vendor, model and serial as the machine reports them (DMI, else the machine id for
+/// the serial). Read once: they do not change while the host runs, and a reload or a
+/// WFM cycle then never reads files on an async worker.
+struct Detected {
+    vendor: Option<String>,
+    model: Option<String>,
+    serial: Option<String>,
+}
+
+fn detected() -> &'static Detected {
+    static DETECTED: std::sync::OnceLock<Detected> = std::sync::OnceLock::new();
+    DETECTED.get_or_init(|| Detected {
+        vendor: read_small("/sys/class/dmi/id/sys_vendor"),
+        model: read_small("/sys/class/dmi/id/product_name"),
+        serial: read_small("/sys/class/dmi/id/product_serial")
+            .or_else(|| read_small("/etc/machine-id")),
+    })
 }
 
 impl DeviceIdentity {
@@ -37,24 +62,18 @@ impl DeviceIdentity {
     /// id) when not configured.
     pub fn from_profile(device: &DeviceProfile) -> Self {
         let settings = &device.settings;
-        let pick = |configured: Option<&String>, detected: Option<String>| {
+        let machine = detected();
+        let pick = |configured: &Option<String>, detected: &Option<String>| {
             configured
-                .cloned()
-                .or(detected)
+                .clone()
+                .or_else(|| detected.clone())
                 .unwrap_or_else(|| "unknown".into())
         };
         Self {
             id: device.id.to_string(),
-            vendor: pick(settings.vendor.as_ref(), read_dmi("sys_vendor")),
-            model: pick(settings.model.as_ref(), read_dmi("product_name")),
-            serial: pick(
-                settings.serial.as_ref(),
-                read_dmi("product_serial").or_else(|| {
-                    std::fs::read_to_string("/etc/machine-id")
-                        .ok()
-                        .map(|s| s.trim().to_owned())
-                }),
-            ),
+            vendor: pick(&settings.vendor, &machine.vendor),
+            model: pick(&settings.model, &machine.model),
+            serial: pick(&settings.serial, &machine.serial),
         }
     }
 }

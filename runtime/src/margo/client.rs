@@ -6,7 +6,7 @@ use super::bundle;
 use super::capabilities::{self, DeviceIdentity};
 use super::device::{DeviceProfile, GatewayMode};
 use super::outbox::Outbox;
-use super::settings::{DailyWindow, Downtime, Profile, WfmSettings};
+use super::settings::{Profile, WfmSettings};
 use super::state::{Accepted, SyncState};
 use super::transport::{Transport, TransportError};
 use super::types::{
@@ -159,8 +159,6 @@ pub struct WfmClient {
     /// The manifest version the reconciler is applying, for `adoptedManifestVersion`.
     applying: ManifestVersion,
     state_dir: PathBuf,
-    once: Vec<Downtime>,
-    daily: Vec<DailyWindow>,
     metrics: WfmMetrics,
 }
 
@@ -179,10 +177,6 @@ impl WfmClient {
         let outbox = Outbox::open(&state_dir.join("outbox"), metrics.clone()).await?;
         let reported = state.reported().await;
         let transport = Self::connect(&settings, &state_dir).await?;
-        let (once, daily) = (
-            settings.downtime_once.clone(),
-            settings.downtime_daily.clone(),
-        );
         if !device.otel_collector() {
             tracing::warn!(
                 "Margo requires hosting devices to report otelCollector: true; [telemetry] enabled = false turns off the host's collector, so remove it (or set [device] otel-collector = true if another collector runs on this device): a strict WFM refuses the capabilities otherwise"
@@ -209,8 +203,6 @@ impl WfmClient {
             last_error: None,
             last_sync: None,
             state_dir,
-            once,
-            daily,
             metrics,
         })
     }
@@ -293,7 +285,7 @@ impl WfmClient {
         'cycles: loop {
             let wait = if self.in_downtime() {
                 // Known downtime: no requests, no retries, errors ignored.
-                self.settings.poll_interval()
+                self.settings.poll_interval
             } else {
                 let round = tracing::info_span!(
                     "wasmgate.wfm.sync",
@@ -370,7 +362,7 @@ impl WfmClient {
     }
 
     fn backoff(&self, err: &CycleError, failures: u32) -> Duration {
-        let poll = self.settings.poll_interval();
+        let poll = self.settings.poll_interval;
         let exponential = exponential_backoff(poll, failures);
         let base = match err {
             // A retired or refused client stops hammering the WFM.
@@ -384,7 +376,7 @@ impl WfmClient {
     /// After a complete cycle: the poll interval, or sooner when a refused
     /// capabilities report is due again.
     fn next_wait(&self) -> Duration {
-        let poll = self.settings.poll_interval();
+        let poll = self.settings.poll_interval;
         let now = Instant::now();
         self.refused_reports
             .values()
@@ -464,11 +456,13 @@ impl WfmClient {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        self.once
+        self.settings
+            .downtime_once
             .iter()
             .any(|d| (d.from_unix..d.until_unix).contains(&secs))
             || self
-                .daily
+                .settings
+                .downtime_daily
                 .iter()
                 .any(|w| w.contains(Self::minute_of_day(now)))
     }
@@ -767,7 +761,7 @@ impl WfmClient {
             .get(device)
             .filter(|r| &r.document == doc)
             .map_or(1, |r| r.failures + 1);
-        let wait = exponential_backoff(self.settings.poll_interval(), failures)
+        let wait = exponential_backoff(self.settings.poll_interval, failures)
             .max(retry_after.unwrap_or_default());
         self.metrics.capabilities_refused(device);
         tracing::warn!(device = %device, status, problem_type = ?problem_type, detail = %detail,
@@ -976,7 +970,7 @@ impl WfmClient {
         if missing.len() > 1 {
             if let Some(bundle) = &manifest.bundle {
                 let url = self.transport()?.manifest_url(&bundle.url)?;
-                let max = self.settings.max_bundle();
+                let max = self.settings.max_bundle;
                 let response = self
                     .send(
                         "bundle",

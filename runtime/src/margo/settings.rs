@@ -145,14 +145,6 @@ impl WfmSettings {
             ProfileSettings::Rc2 { .. } => Profile::Rc2,
         }
     }
-
-    pub fn poll_interval(&self) -> Duration {
-        self.poll_interval
-    }
-
-    pub fn max_bundle(&self) -> u64 {
-        self.max_bundle
-    }
 }
 
 /// `downtime` entries: one-off (`FROM/UNTIL`, Unix seconds) and daily (`HH:MM-HH:MM`).
@@ -285,7 +277,7 @@ mod tests {
     #[test]
     fn profiles_need_their_files() {
         let rc3 = "url = \"https://wfm/v1alpha2/margo\"\nsvid-cert = \"c\"\nsvid-key = \"k\"\ntrust-bundle = \"b\"\npoll-interval = \"5s\"";
-        assert_eq!(parse(rc3).unwrap().poll_interval(), Duration::from_secs(5));
+        assert_eq!(parse(rc3).unwrap().poll_interval, Duration::from_secs(5));
         assert!(
             parse("url = \"https://wfm\"\nsvid-cert = \"c\"\nsvid-key = \"k\"")
                 .unwrap_err()
@@ -316,7 +308,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(rc2.profile(), Profile::Rc2);
-        assert_eq!(rc2.max_bundle(), DEFAULT_MAX_BUNDLE);
+        assert_eq!(rc2.max_bundle, DEFAULT_MAX_BUNDLE);
         // A key of the other profile would do nothing: refused, named.
         let err = parse(&format!("{rc3}\nclient-cert = \"c\"")).unwrap_err();
         assert!(

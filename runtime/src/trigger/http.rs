@@ -171,16 +171,16 @@ impl HttpTrigger {
             );
             return response;
         }
-        let host = request.uri().host().map(str::to_owned).or_else(|| {
-            request
-                .headers()
-                .get(hyper::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        });
+        // Borrowed from the request for the lookup only: no copy per request.
         let workload = {
+            let host = request.uri().host().or_else(|| {
+                request
+                    .headers()
+                    .get(hyper::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            });
             let table = self.routes.load();
-            table.lookup(host.as_deref(), request.uri().path()).cloned()
+            table.lookup(host, request.uri().path()).cloned()
         };
         match workload {
             Some(workload) => {
