@@ -350,7 +350,25 @@ fn rc2_onboards_and_signs_every_request() {
 /// previous state keeps serving.
 #[test]
 fn negative_fixtures_are_refused_and_the_previous_state_serves() {
-    let s = setup(Profile::Rc3, "see-thru");
+    negative_fixtures(Profile::Rc3);
+}
+
+#[test]
+fn rc2_negative_fixtures_are_refused_and_the_previous_state_serves() {
+    negative_fixtures(Profile::Rc2);
+}
+
+/// The manifest route of either profile (rc.2: `/clients/{clientId}/deployments`).
+fn is_manifest_poll(path: &str) -> bool {
+    path.strip_prefix("/api/v1").is_some_and(|p| {
+        p == "/deployments" || p.starts_with("/clients/") && p.ends_with("/deployments")
+    })
+}
+
+/// Every negative fixture of the conformance data is refused as a whole, in either
+/// transport profile, and the running state keeps serving.
+fn negative_fixtures(profile: Profile) {
+    let s = setup(profile, "see-thru");
     let gate = s.sandbox.up(&s.config);
     s.mock
         .set_deployments(&[(HELLO_ID, hello_yaml("edge-01/apps", "Stable"))]);
@@ -382,7 +400,7 @@ fn negative_fixtures_are_refused_and_the_previous_state_serves() {
             .wait_until(&format!("{fixture:?}: three polls"), WAIT, |m| {
                 m.requests()[before..]
                     .iter()
-                    .filter(|r| r.method == "GET" && r.path == "/api/v1/deployments")
+                    .filter(|r| r.method == "GET" && is_manifest_poll(&r.path))
                     .count()
                     >= 3
             });
@@ -404,7 +422,7 @@ fn negative_fixtures_are_refused_and_the_previous_state_serves() {
             |m| {
                 m.requests()[before..]
                     .iter()
-                    .any(|r| r.path == "/api/v1/deployments" && r.status == 304)
+                    .any(|r| is_manifest_poll(&r.path) && r.status == 304)
             },
         );
     }

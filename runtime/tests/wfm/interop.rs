@@ -181,6 +181,44 @@ fn a_refused_capabilities_report_stops_nothing_else() {
         );
     }
 
+    // A changed document is offered at once, whatever is left of the back-off: a
+    // reload that relabels the refused target sends it within a poll or two.
+    let status = wait_secs(&gate, "a long wait before the next offer", 30, |st| {
+        target(st, "edge-01/sensors")["retryInSeconds"]
+            .as_u64()
+            .is_some_and(|s| s >= 4)
+    });
+    let failures = target(&status, "edge-01/sensors")["failures"]
+        .as_u64()
+        .unwrap();
+    assert!(failures >= 3, "{status:#}");
+    let relabelled = s
+        .config
+        .replace("tier = \"sensors\"", "tier = \"relabelled\"");
+    assert_ne!(relabelled, s.config);
+    s.sandbox.config(&relabelled);
+    let offered_with_new_label = |m: &MockWfm| {
+        m.requests().iter().any(|r| {
+            r.method == "PUT"
+                && r.path.ends_with("/capabilities/edge-01/sensors")
+                && String::from_utf8_lossy(&r.body).contains("relabelled")
+        })
+    };
+    assert!(!offered_with_new_label(&s.mock));
+    gate.signal("HUP");
+    s.mock.wait_until(
+        "the relabelled document offered",
+        Duration::from_secs(3),
+        offered_with_new_label,
+    );
+    // Still refused, but as a new document: its back-off starts again.
+    let status = wait_secs(&gate, "the new document's refusal", 10, |st| {
+        target(st, "edge-01/sensors")["failures"]
+            .as_u64()
+            .is_some_and(|f| f < failures)
+    });
+    assert_eq!(target(&status, "edge-01/sensors")["state"], "refused");
+
     s.mock.refuse_capabilities("edge-01/sensors", None);
     s.mock
         .wait_until("sensors accepted once the WFM takes it", WAIT, |m| {
@@ -237,42 +275,97 @@ fn yaml_without_id() -> String {
         .join("\n")
 }
 
+/// The paths of every document (bundle or deployment YAML) fetched after request `from`.
+fn documents_fetched_since(mock: &MockWfm, from: usize) -> Vec<String> {
+    mock.requests()[from..]
+        .iter()
+        .filter(|r| r.method == "GET" && r.path != "/api/v1/deployments")
+        .map(|r| r.path.clone())
+        .collect()
+}
+
 const OLD_SHAPE_ID: &str = "aaaaaaaa-0000-4000-8000-000000000011";
 const HELM_ID: &str = "aaaaaaaa-0000-4000-8000-000000000012";
 const MISMATCH_ID: &str = "aaaaaaaa-0000-4000-8000-000000000013";
+const COMPOSE_ID: &str = "aaaaaaaa-0000-4000-8000-000000000014";
+const UNDIRECTED_ID: &str = "aaaaaaaa-0000-4000-8000-000000000015";
+const NO_FIT_ID: &str = "aaaaaaaa-0000-4000-8000-000000000016";
 
-/// A manifest with two valid deployments and three bad ones (no `id`, type `helm`,
-/// another `id` than listed) applies the two, reports each bad one failed under the
+/// A hello deployment on `route` with no `metadata.deviceId` (required by rc.3; a WFM
+/// that leaves it out gets the host's choice of partition), needing `cores` if given.
+fn undirected_yaml(id: &str, route: &str, cores: Option<u32>) -> String {
+    let yaml = deployment(
+        id,
+        "undirected",
+        None,
+        &[(
+            "hello",
+            &format!("file://{}", wasmgate_examples::HELLO),
+            &format!("{{trigger: {{http: {{route: {route}}}}}}}"),
+        )],
+        &[("greeting", "Placed", "greeting", "hello")],
+    );
+    match cores {
+        Some(cores) => yaml.replace(
+            "    type: custom\n",
+            &format!("    type: custom\n    deviceConstraints:\n      capacityRequirements:\n        cpu:\n          cores: {cores}\n"),
+        ),
+        None => yaml,
+    }
+}
+
+/// A manifest with three valid deployments (one without `metadata.deviceId`) and five
+/// bad ones (no `id`, type `helm`, type `compose`, another `id` than listed, no
+/// partition fits) applies the three, reports each bad one failed under the
 /// manifest's deploymentId with a code, accepts the version and never downloads the
-/// bad YAMLs again while their digests stay.
+/// bad YAMLs again while their digests stay; a bad one mended is fetched and applied.
 #[test]
 fn one_bad_deployment_fails_alone() {
     let s = setup(Profile::Rc3, "see-thru");
     let gate = s.sandbox.up(&s.config);
     let helm = hello_yaml("edge-01/apps", "Helm").replace("type: custom", "type: helm");
+    let compose = hello_yaml("edge-01/apps", "Compose").replace("type: custom", "type: compose");
     let mismatch = hello_yaml("edge-01/apps", "Other").replace(HELLO_ID, SENSOR_ID);
     let bad = [
         (OLD_SHAPE_ID, yaml_without_id()),
         (HELM_ID, helm),
+        (COMPOSE_ID, compose),
         (MISMATCH_ID, mismatch),
+        // No deviceId and 4 cores: no partition (1, 0.5, 0.25 cores) can take it.
+        (NO_FIT_ID, undirected_yaml(NO_FIT_ID, "/big", Some(4))),
     ];
     let mut all = vec![
         (HELLO_ID, hello_yaml("edge-01/apps", "Good")),
         (COUNTER_ID, counter_yaml("edge-01/apps")),
+        (UNDIRECTED_ID, undirected_yaml(UNDIRECTED_ID, "/free", None)),
     ];
     all.extend(bad.iter().map(|(id, y)| (*id, y.clone())));
     s.mock.set_deployments(&all);
     let v = s.mock.manifest_version();
     wait_state(&s.mock, HELLO_ID, "installed", v);
     wait_state(&s.mock, COUNTER_ID, "installed", v);
-    for (id, code, field) in [
-        (OLD_SHAPE_ID, "wasmgate.invalid", "id:"),
+    // Without a deviceId the host chooses: the partition with the most free memory.
+    wait_state(&s.mock, UNDIRECTED_ID, "installed", v);
+    let placed = last_report(&s.mock, UNDIRECTED_ID).unwrap();
+    assert_eq!(placed["deviceId"], "edge-01/apps", "{placed:#}");
+    assert_eq!(gate.get("/free").1, "Placed, world!\n");
+    for (id, code, field, source) in [
+        (OLD_SHAPE_ID, "wasmgate.invalid", "id:", "hello"),
         (
             HELM_ID,
             "wasmgate.unsupported-type",
             "spec.deploymentProfile.type",
+            "hello",
         ),
-        (MISMATCH_ID, "wasmgate.id-mismatch", "id:"),
+        (
+            COMPOSE_ID,
+            "wasmgate.unsupported-type",
+            "spec.deploymentProfile.type",
+            "hello",
+        ),
+        (MISMATCH_ID, "wasmgate.id-mismatch", "id:", "hello"),
+        // A reserved gateway code: its source is the gateway, not the deployment.
+        (NO_FIT_ID, "103", "cores", "edge-01"),
     ] {
         wait_state(&s.mock, id, "failed", v);
         let report = last_report(&s.mock, id).unwrap();
@@ -282,6 +375,7 @@ fn one_bad_deployment_fails_alone() {
             error["message"].as_str().unwrap().contains(field),
             "{report:#}"
         );
+        assert_eq!(error["source"], source, "{report:#}");
     }
     assert_eq!(gate.get("/hello").1, "Good, world!\n");
     // The version was accepted: the next polls are answered 304.
@@ -297,13 +391,26 @@ fn one_bad_deployment_fails_alone() {
     s.mock.set_deployments(&all);
     wait_state(&s.mock, HELLO_ID, "installed", s.mock.manifest_version());
     gate.wait_for("/hello", 200, "Better, world!");
-    let fetched: Vec<_> = s.mock.requests()[before..]
-        .iter()
-        .filter(|r| r.method == "GET" && r.path != "/api/v1/deployments")
-        .map(|r| r.path.clone())
-        .collect();
+    let fetched = documents_fetched_since(&s.mock, before);
     assert_eq!(fetched.len(), 1, "fetched {fetched:?}");
     assert!(!fetched[0].contains("bundles"), "fetched {fetched:?}");
+    // The old-shape YAML mended (a new digest): fetched again and applied.
+    let before = s.mock.requests().len();
+    let mended = all.iter().position(|(id, _)| *id == OLD_SHAPE_ID).unwrap();
+    all[mended].1 = hello_yaml("edge-01/spare", "Mended")
+        .replace(HELLO_ID, OLD_SHAPE_ID)
+        .replace("route: /hello", "route: /mended");
+    s.mock.set_deployments(&all);
+    wait_state(
+        &s.mock,
+        OLD_SHAPE_ID,
+        "installed",
+        s.mock.manifest_version(),
+    );
+    assert_eq!(gate.get("/mended").1, "Mended, world!\n");
+    let fetched = documents_fetched_since(&s.mock, before);
+    assert_eq!(fetched.len(), 1, "fetched {fetched:?}");
+    assert!(fetched[0].contains(OLD_SHAPE_ID), "fetched {fetched:?}");
     s.mock.assert_no_violations();
 }
 
