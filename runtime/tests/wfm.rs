@@ -494,6 +494,58 @@ fn reports_made_while_the_wfm_is_down_arrive_in_order_once() {
     s.mock.assert_no_violations();
 }
 
+/// SIGTERM flushes the status reports made since the last cycle: the WFM asked for a
+/// minute's pause (503 + Retry-After: 60) while an install finished, comes back, and
+/// the host is stopped before its next cycle: the reports arrive before it exits 0.
+#[test]
+fn sigterm_delivers_the_pending_status_reports_before_exiting() {
+    let s = setup(Profile::Rc3, "see-thru");
+    let mut gate = s.sandbox.up(&s.config);
+    s.mock
+        .set_deployments(&[(HELLO_ID, hello_yaml("edge-01/apps", "Hi"))]);
+    wait_state(&s.mock, HELLO_ID, "installed", s.mock.manifest_version());
+    s.mock.set_deployments(&[
+        (HELLO_ID, hello_yaml("edge-01/apps", "Hi")),
+        (SENSOR_ID, sensor_yaml("edge-01/sensors")),
+    ]);
+    let version = s.mock.manifest_version();
+    s.mock.wait_until("the new YAML fetched", WAIT, |m| {
+        m.requests()
+            .iter()
+            .any(|r| r.method == "GET" && r.path.contains(SENSOR_ID))
+    });
+    s.mock.set_down(DownMode::ServiceUnavailable {
+        retry_after_secs: 60,
+    });
+    s.mock.wait_until("a request answered 503", WAIT, |m| {
+        m.requests().iter().any(|r| r.status == 503)
+    });
+    gate.wait_for("/sensor", 200, "\"ticks\"");
+    assert!(
+        !reports(&s.mock, SENSOR_ID)
+            .iter()
+            .any(|(state, _)| state == "installed"),
+        "delivered before the stop: the test proves nothing"
+    );
+    s.mock.set_up();
+    let stopped = Instant::now();
+    gate.signal("TERM");
+    let exit = gate
+        .wait_exit(Duration::from_secs(15))
+        .expect("still running 15 s after SIGTERM");
+    assert!(exit.success(), "{exit:?}{}", gate.diagnostics());
+    assert!(
+        reports(&s.mock, SENSOR_ID).contains(&("installed".into(), version)),
+        "the install's report was not delivered before exiting (after {:?}): {:?}",
+        stopped.elapsed(),
+        reports(&s.mock, SENSOR_ID)
+    );
+    let queued =
+        std::fs::read_dir(s.sandbox.state().join("wfm/outbox/queue")).map_or(0, |d| d.count());
+    assert_eq!(queued, 0, "reports left in the outbox");
+    s.mock.assert_no_violations();
+}
+
 #[test]
 fn restart_resumes_from_disk_without_rereporting_or_downloading() {
     let s = setup(Profile::Rc3, "see-thru");

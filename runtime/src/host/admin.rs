@@ -191,7 +191,7 @@ pub async fn serve_admin(
     shutdown: Shutdown,
 ) {
     if let Ok(addr) = listener.local_addr() {
-        if !addr.ip().is_loopback() {
+        if reachable_off_host(addr) {
             tracing::warn!(
                 %addr,
                 "security: the admin listener is unauthenticated and binds a non-loopback address; /status and /metrics are readable by anyone who reaches it (bind 127.0.0.1, or firewall it)"
@@ -212,9 +212,36 @@ pub async fn serve_admin(
     .await
 }
 
+/// Whether a listener on `addr` can be reached from other hosts: anything but a
+/// loopback address, an IPv4 loopback written as IPv6 (`::ffff:127.0.0.1`) included.
+fn reachable_off_host(addr: std::net::SocketAddr) -> bool {
+    !addr.ip().to_canonical().is_loopback()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::host_allowed;
+    use super::{host_allowed, reachable_off_host};
+
+    #[test]
+    fn only_loopback_binds_escape_the_exposure_warning() {
+        for local in [
+            "127.0.0.1:9001",
+            "127.3.2.1:9001",
+            "[::1]:9001",
+            "[::ffff:127.0.0.1]:9001",
+        ] {
+            assert!(!reachable_off_host(local.parse().unwrap()), "{local}");
+        }
+        for exposed in [
+            "0.0.0.0:9001",
+            "[::]:9001",
+            "192.168.1.10:9001",
+            "[fe80::1]:9001",
+            "[::ffff:10.0.0.1]:9001",
+        ] {
+            assert!(reachable_off_host(exposed.parse().unwrap()), "{exposed}");
+        }
+    }
 
     #[test]
     fn host_header_check() {
