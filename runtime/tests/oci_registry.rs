@@ -173,6 +173,27 @@ fn deploys_from_a_registry_verifies_and_pulls_once() {
         std::fs::read_to_string(sandbox.state().join("deployments").join(HELLO_ID)).unwrap();
     assert!(record.contains(&manifest), "{record}");
     assert!(record.contains(&layer), "{record}");
+    // /metrics counts the layer bytes received and times each request by kind.
+    let (code, metrics) = gate.admin_get("/metrics");
+    assert_eq!(code, 200, "{metrics}");
+    let series = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
+    };
+    assert_eq!(
+        series("wasmgate_oci_pull_bytes_total"),
+        (hello.len() + counter.len()) as f64
+    );
+    assert_eq!(
+        series("wasmgate_oci_pull_duration_seconds_count{kind=\"layer\",outcome=\"ok\"}"),
+        2.0
+    );
+    assert!(
+        series("wasmgate_oci_pull_duration_seconds_count{kind=\"manifest\",outcome=\"ok\"}") >= 2.0
+    );
     gate.stop();
 
     // A second start asks the registry nothing: same documents, pinned digests, verified

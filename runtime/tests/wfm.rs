@@ -480,8 +480,34 @@ fn reports_made_while_the_wfm_is_down_arrive_in_order_once() {
         .unwrap()
         .count();
     assert!(queued >= 1, "nothing queued while the WFM was down");
+    // The queue shows in /metrics and /status while it waits, and empties afterwards.
+    let depth = || {
+        let (code, metrics) = gate.admin_get("/metrics");
+        assert_eq!(code, 200, "{metrics}");
+        let gauge = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("wasmgate_wfm_outbox_depth "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no outbox depth in:\n{metrics}"));
+        (gauge, gate.status()["wfm"]["outboxDepth"].as_f64())
+    };
+    let (gauge, shown) = depth();
+    assert!(gauge >= 1.0, "outbox depth {gauge} with {queued} queued");
+    assert!(
+        shown.is_some_and(|n| n >= 1.0),
+        "/status outboxDepth {shown:?}"
+    );
     s.mock.set_up();
     wait_state(&s.mock, SENSOR_ID, "installed", version);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while depth() != (0.0, Some(0.0)) {
+        assert!(
+            Instant::now() < deadline,
+            "outbox depth stays {:?}",
+            depth()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let states: Vec<String> = reports(&s.mock, SENSOR_ID)
         .into_iter()
         .map(|(s, _)| s)
