@@ -1481,14 +1481,8 @@ fn every_scenario_step_is_mapped() {
 
 fn config(profile: Profile, mock: &MockWfm, files: &common::pki::ClientFiles) -> String {
     let transport = match profile {
-        Profile::Rc3 => format!(
-            "profile = \"rc3\"\nsvid-cert = {:?}\nsvid-key = {:?}\ntrust-bundle = {:?}",
-            files.svid_cert, files.svid_key, files.trust_bundle_json
-        ),
-        Profile::Rc2 => format!(
-            "profile = \"rc2\"\nclient-cert = {:?}\nclient-key = {:?}\nroot-ca = {:?}",
-            files.rc2_client_cert, files.rc2_client_key, files.root_ca_pem
-        ),
+        Profile::Rc3 => files.rc3_credentials(),
+        Profile::Rc2 => files.rc2_credentials(),
     };
     // Identity as in the scenarios' capability bodies; one partition with an interface
     // and a peripheral, one with none.

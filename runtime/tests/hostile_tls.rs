@@ -219,12 +219,10 @@ labels = {{ tier = "apps" }}
 [wfm]
 url = "https://{}/v1alpha2/margo"
 poll-interval = "300ms"
-profile = "rc3"
-svid-cert = {:?}
-svid-key = {:?}
-trust-bundle = {:?}
+{}
 "#,
-        relay.addr, files.svid_cert, files.svid_key, files.trust_bundle_json
+        relay.addr,
+        files.rc3_credentials()
     );
     let gate = sandbox.up(&config);
     gate.wait_for("/hello", 200, "Genuine");
@@ -469,13 +467,7 @@ fn private_keys_open_to_others_or_not_regular_files_refuse_the_start() {
     let files = pki.write_client_files(&sandbox.path().join("pki"));
     // Nothing listens here: the refusal comes before any connection.
     let url = "https://127.0.0.1:9/v1alpha2/margo";
-    let rc3 = wfm_config(
-        url,
-        &format!(
-            "profile = \"rc3\"\nsvid-cert = {:?}\nsvid-key = {:?}\ntrust-bundle = {:?}",
-            files.svid_cert, files.svid_key, files.trust_bundle_json
-        ),
-    );
+    let rc3 = wfm_config(url, &files.rc3_credentials());
     for mode in [0o644, 0o640, 0o660, 0o604] {
         std::fs::set_permissions(&files.svid_key, std::fs::Permissions::from_mode(mode)).unwrap();
         let (status, stderr) = up_refused(&sandbox, &rc3);

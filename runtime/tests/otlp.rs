@@ -1,10 +1,12 @@
 //! The OTLP pipeline against a real receiver on loopback: a hyper server that decodes
 //! `/v1/traces`, `/v1/metrics` and `/v1/logs` with the official protobuf definitions
-//! (`opentelemetry-proto`). And with the collector away: requests are not slowed and
-//! the drop counter on /metrics rises.
+//! (`opentelemetry-proto`), in local mode and against the strict mock WFM. And with the
+//! collector away: requests are not slowed and the drop counter on /metrics rises.
 
 mod common;
 
+use common::pki::Pki;
+use common::wfm::{DownMode, MockWfm, Profile};
 use common::*;
 use http_body_util::{BodyExt, Full};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
@@ -179,11 +181,31 @@ fn command() -> Command {
 }
 
 const MISBEHAVE_ID: &str = "11111111-1111-4111-8111-111111111111";
+const HELLO_ID: &str = "aaaaaaaa-0000-4000-8000-000000000001";
+
+/// The `[telemetry]` lines that send to `addr`, with an interval short enough that a
+/// test sees its records within a second.
+fn exporting_to(addr: SocketAddr) -> String {
+    format!("otlp-endpoint = \"http://{addr}\"\nexport-interval = \"200ms\"")
+}
+
+/// `wasmgate up` in local mode with `yaml` as its one deployment, on device `edge-01`
+/// with partition `apps`.
+fn serve_local(telemetry: &str, yaml: &str) -> (Sandbox, Wasmgate) {
+    let sandbox = Sandbox::new();
+    sandbox.put("deployment.yaml", yaml);
+    let gate = sandbox.up_with(
+        command(),
+        &format!(
+            "[device]\nid = \"edge-01\"\n[telemetry]\n{telemetry}\n[[partition]]\nid = \"apps\"\ncpu = 1.0\nmemory = \"256Mi\"\nstorage = \"16Mi\"\n"
+        ),
+    );
+    (sandbox, gate)
+}
 
 fn serve_misbehave(telemetry: &str) -> (Sandbox, Wasmgate) {
-    let sandbox = Sandbox::new();
-    sandbox.put(
-        "misbehave.yaml",
+    let (sandbox, gate) = serve_local(
+        telemetry,
         &deployment(
             MISBEHAVE_ID,
             "misbehave",
@@ -196,14 +218,56 @@ fn serve_misbehave(telemetry: &str) -> (Sandbox, Wasmgate) {
             &[],
         ),
     );
-    let gate = sandbox.up_with(
-        command(),
-        &format!(
-            "[device]\nid = \"edge-01\"\n[telemetry]\n{telemetry}\n[[partition]]\nid = \"apps\"\ncpu = 1.0\nmemory = \"256Mi\"\nstorage = \"16Mi\"\n"
-        ),
-    );
     gate.wait_for("/misbehave/ok", 200, "ok");
     (sandbox, gate)
+}
+
+/// `hello` greeting `name`: its handler logs `greeting NAME` through `wasi:logging`.
+fn hello_yaml(device: Option<&str>, name: &str) -> String {
+    deployment(
+        HELLO_ID,
+        "hello",
+        device,
+        &[(
+            "hello",
+            &format!("file://{}", wasmgate_examples::HELLO),
+            "{trigger: {http: {route: /hello}}}",
+        )],
+        &[("name", name, "name", "hello")],
+    )
+}
+
+/// The first log record whose body contains `needle`.
+fn log_containing(received: &Mutex<Received>, needle: &str) -> LogRecord {
+    wait_for(received, needle, |r| {
+        r.logs
+            .iter()
+            .find(|l| {
+                l.body
+                    .as_ref()
+                    .and_then(text)
+                    .is_some_and(|b| b.contains(needle))
+            })
+            .cloned()
+    })
+}
+
+/// The attributes every guest record carries, whatever its source.
+fn assert_guest_record(log: &LogRecord, deployment: &str, component: &str, context: &str) {
+    let a = &log.attributes;
+    let body = log.body.as_ref().and_then(text);
+    assert_eq!(
+        attr(a, "deployment").as_deref(),
+        Some(deployment),
+        "{body:?}"
+    );
+    assert_eq!(attr(a, "component").as_deref(), Some(component), "{body:?}");
+    assert_eq!(
+        attr(a, "partition").as_deref(),
+        Some("edge-01/apps"),
+        "{body:?}"
+    );
+    assert_eq!(attr(a, "context").as_deref(), Some(context), "{body:?}");
 }
 
 fn hex(id: &[u8]) -> String {
@@ -213,9 +277,7 @@ fn hex(id: &[u8]) -> String {
 #[test]
 fn spans_logs_and_metrics_reach_a_real_receiver() {
     let (addr, received) = receiver();
-    let (_sandbox, gate) = serve_misbehave(&format!(
-        "otlp-endpoint = \"http://{addr}\"\nexport-interval = \"200ms\""
-    ));
+    let (_sandbox, gate) = serve_misbehave(&exporting_to(addr));
     assert_eq!(gate.get("/misbehave/ok").0, 200);
     assert_eq!(gate.get("/misbehave/panic?msg=boiler-7").0, 500);
 
@@ -281,24 +343,11 @@ fn spans_logs_and_metrics_reach_a_real_receiver() {
     );
 
     // Its stdout line and its panic message arrive as log records of that trace.
-    let log_of = |needle: &'static str| {
-        wait_for(&received, needle, move |r| {
-            r.logs
-                .iter()
-                .find(|l| {
-                    l.body
-                        .as_ref()
-                        .and_then(text)
-                        .is_some_and(|b| b.contains(needle))
-                })
-                .cloned()
-        })
-    };
-    for (needle, severity) in [
-        ("about to panic: boiler-7", 9),
-        ("guest panic: boiler-7", 13),
+    for (needle, severity, stream) in [
+        ("about to panic: boiler-7", 9, "stdout"),
+        ("guest panic: boiler-7", 13, "stderr"),
     ] {
-        let log = log_of(needle);
+        let log = log_containing(&received, needle);
         assert_eq!(
             hex(&log.trace_id),
             hex(&panicked.trace_id),
@@ -309,17 +358,10 @@ fn spans_logs_and_metrics_reach_a_real_receiver() {
             log.severity_number, severity,
             "{needle}: INFO (9) / WARN (13)"
         );
-        assert_eq!(
-            attr(&log.attributes, "deployment").as_deref(),
-            Some("misbehave")
-        );
-        assert_eq!(
-            attr(&log.attributes, "partition").as_deref(),
-            Some("edge-01/apps")
-        );
+        assert_guest_record(&log, "misbehave", "misbehave", stream);
     }
     // Host events are records too, inside a request with its trace id.
-    let host = log_of("invocation failed");
+    let host = log_containing(&received, "invocation failed");
     assert_eq!(hex(&host.trace_id), hex(&panicked.trace_id));
 
     // A reconcile pass has its span.
@@ -397,6 +439,233 @@ fn spans_logs_and_metrics_reach_a_real_receiver() {
         assert_eq!(attr(a, "service.name").as_deref(), Some("wasmgate"));
         assert_eq!(attr(a, "margo.device.id").as_deref(), Some("edge-01"));
         assert!(attr(a, "service.version").is_some() && attr(a, "host.name").is_some());
+    }
+}
+
+#[test]
+fn guest_wasi_logging_records_are_log_records_of_their_request() {
+    let (addr, received) = receiver();
+    let (_sandbox, gate) = serve_local(&exporting_to(addr), &hello_yaml(None, "otlp-7"));
+    gate.wait_for("/hello", 200, "Hello, otlp-7!");
+
+    let log = log_containing(&received, "greeting otlp-7");
+    assert_eq!(
+        log.body.as_ref().and_then(text).as_deref(),
+        Some("greeting otlp-7"),
+        "the guest's message, nothing added"
+    );
+    // The guest logs at `info`.
+    assert_eq!(log.severity_number, 9);
+    assert_eq!(log.severity_text, "INFO");
+    // `context` is the guest's own argument here, not a stream name.
+    assert_guest_record(&log, "hello", "hello", "hello");
+
+    // Emitted inside the handler: the trace of a /hello request, on one of its spans.
+    assert!(!log.trace_id.is_empty(), "no trace id on the record");
+    let request = wait_for(&received, "the request span of the record's trace", |r| {
+        r.spans
+            .iter()
+            .find(|s| s.trace_id == log.trace_id && s.name == "http.request")
+            .cloned()
+    });
+    assert_eq!(
+        attr(&request.attributes, "url.path").as_deref(),
+        Some("/hello")
+    );
+    assert_eq!(
+        attr(&request.attributes, "http.response.status_code").as_deref(),
+        Some("200")
+    );
+    let emitter = wait_for(&received, "the span the record was emitted in", |r| {
+        r.spans.iter().find(|s| s.span_id == log.span_id).cloned()
+    });
+    assert_eq!(hex(&emitter.trace_id), hex(&log.trace_id));
+    assert_eq!(emitter.name, "wasmgate.guest");
+    assert_eq!(emitter.parent_span_id, request.span_id);
+}
+
+fn spans_named(r: &Received, name: &str) -> Vec<Span> {
+    r.spans.iter().filter(|s| s.name == name).cloned().collect()
+}
+
+/// `(wasmgate.wfm.kind, wasmgate.wfm.outcome)` of a request span.
+fn wfm_call(span: &Span) -> (String, String) {
+    let a = &span.attributes;
+    (
+        attr(a, "wasmgate.wfm.kind").unwrap_or_default(),
+        attr(a, "wasmgate.wfm.outcome").unwrap_or_default(),
+    )
+}
+
+#[test]
+fn wfm_sync_rounds_and_their_requests_are_spans() {
+    let (addr, received) = receiver();
+    let sandbox = Sandbox::new();
+    let pki = Pki::new("example.org", "wfm-1", "edge-01");
+    let files = pki.write_client_files(&sandbox.path().join("pki"));
+    let mock = MockWfm::start(Profile::Rc3, &pki);
+    // Desired from the first round on, so its document and status requests are made.
+    mock.set_deployments(&[(HELLO_ID, hello_yaml(Some("edge-01/apps"), "wfm"))]);
+    let config = format!(
+        r#"
+[device]
+id = "edge-01"
+mode = "see-thru"
+
+[telemetry]
+{}
+
+[[partition]]
+id = "apps"
+cpu = 1.0
+memory = "256Mi"
+storage = "16Mi"
+
+[wfm]
+url = "{}"
+poll-interval = "300ms"
+{}
+"#,
+        exporting_to(addr),
+        mock.base_url(),
+        files.rc3_credentials()
+    );
+    let _gate = sandbox.up_with(command(), &config);
+    mock.wait_until("hello reported installed", Duration::from_secs(60), |m| {
+        m.statuses()
+            .iter()
+            .any(|s| s["deploymentId"] == HELLO_ID && s["status"]["state"] == "installed")
+    });
+
+    // What a correct client's run against the strict mock is made of: the first
+    // round fetches, the later ones find the state unchanged.
+    let expected = [
+        ("capabilities", "ok"),
+        ("state", "ok"),
+        ("deployment", "ok"),
+        ("status", "ok"),
+        ("state", "not-modified"),
+    ];
+    wait_for(&received, "request spans of every kind", |r| {
+        let seen: Vec<(String, String)> = spans_named(r, "wasmgate.wfm.request")
+            .iter()
+            .map(wfm_call)
+            .collect();
+        expected
+            .iter()
+            .all(|(k, o)| seen.iter().any(|(sk, so)| sk == k && so == o))
+            .then_some(())
+    });
+    // A round's span ends after its requests' and may be in a later export: wait for
+    // a moment when none is half received.
+    let (syncs, requests) = wait_for(
+        &received,
+        "every request span's sync span in the same trace",
+        |r| {
+            let syncs = spans_named(r, "wasmgate.wfm.sync");
+            let requests = spans_named(r, "wasmgate.wfm.request");
+            requests
+                .iter()
+                .all(|q| {
+                    syncs
+                        .iter()
+                        .any(|s| s.span_id == q.parent_span_id && s.trace_id == q.trace_id)
+                })
+                .then_some((syncs, requests))
+        },
+    );
+    for sync in &syncs {
+        // Internal (1), and a root: a round is not part of anything else.
+        assert_eq!(sync.kind, 1, "{sync:?}");
+        assert!(sync.parent_span_id.is_empty(), "{sync:?}");
+    }
+    for request in &requests {
+        let (kind, outcome) = wfm_call(request);
+        let method = match kind.as_str() {
+            "capabilities" => "PUT",
+            "state" | "deployment" => "GET",
+            "status" => "POST",
+            other => panic!("unexpected request kind {other:?} ({outcome})"),
+        };
+        assert_eq!(
+            attr(&request.attributes, "http.request.method").as_deref(),
+            Some(method),
+            "{kind}"
+        );
+        // Client (3).
+        assert_eq!(request.kind, 3, "{kind}");
+        let round = syncs
+            .iter()
+            .find(|s| s.span_id == request.parent_span_id)
+            .unwrap();
+        assert!(
+            round.start_time_unix_nano <= request.start_time_unix_nano
+                && request.end_time_unix_nano <= round.end_time_unix_nano,
+            "{kind} request outside its round"
+        );
+    }
+
+    // The round that fetched the state did it all: reported, fetched the document and
+    // applied it, one trace.
+    let fetched = requests
+        .iter()
+        .find(|q| wfm_call(q) == ("state".into(), "ok".into()))
+        .unwrap();
+    let round = syncs
+        .iter()
+        .find(|s| s.span_id == fetched.parent_span_id)
+        .unwrap();
+    assert_ne!(
+        round.status.as_ref().map(|s| s.code),
+        Some(2),
+        "a successful round is not ERROR"
+    );
+    let kinds: Vec<String> = requests
+        .iter()
+        .filter(|q| q.parent_span_id == round.span_id)
+        .map(|q| wfm_call(q).0)
+        .collect();
+    for kind in ["capabilities", "state", "deployment"] {
+        assert!(kinds.iter().any(|k| k == kind), "{kind} not in {kinds:?}");
+    }
+    let reconcile = wait_for(&received, "the reconcile pass of that round", |r| {
+        r.spans
+            .iter()
+            .find(|s| s.name == "wasmgate.reconcile" && s.parent_span_id == round.span_id)
+            .cloned()
+    });
+    assert_eq!(
+        attr(&reconcile.attributes, "wasmgate.deployments").as_deref(),
+        Some("1")
+    );
+
+    // A round the WFM fails is ERROR, and so is the outcome of the request it failed on.
+    mock.set_down(DownMode::ServiceUnavailable {
+        retry_after_secs: 1,
+    });
+    let failed = wait_for(&received, "an ERROR sync span", |r| {
+        r.spans
+            .iter()
+            .find(|s| s.name == "wasmgate.wfm.sync" && s.status.as_ref().map(|s| s.code) == Some(2))
+            .cloned()
+    });
+    let failure = wait_for(&received, "the failed request of the ERROR round", |r| {
+        r.spans
+            .iter()
+            .find(|q| q.name == "wasmgate.wfm.request" && q.parent_span_id == failed.span_id)
+            .cloned()
+    });
+    assert_eq!(wfm_call(&failure).1, "error", "a 503 is an error");
+
+    // Every export carries the device id.
+    let r = received.lock().unwrap();
+    assert!(r.bad.is_empty(), "{:?}", r.bad);
+    assert!(!r.resources.is_empty());
+    for resource in &r.resources {
+        assert_eq!(
+            attr(&resource.attributes, "margo.device.id").as_deref(),
+            Some("edge-01")
+        );
     }
 }
 

@@ -180,12 +180,13 @@ fn a_stalled_pull_does_not_hold_a_wfm_deployment_or_its_status() {
     let files = pki.write_client_files(&sandbox.path().join("pki"));
     let mock = MockWfm::start_with(Profile::Rc3, &pki, MockOptions::default());
     let config = format!(
-        "{}\n[wfm]\nurl = \"{}\"\npoll-interval = \"300ms\"\nprofile = \"rc3\"\nsvid-cert = {:?}\nsvid-key = {:?}\ntrust-bundle = {:?}\n",
-        CONFIG.replace("id = \"edge-01\"\n", "id = \"edge-01\"\notel-collector = true\n"),
+        "{}\n[wfm]\nurl = \"{}\"\npoll-interval = \"300ms\"\n{}\n",
+        CONFIG.replace(
+            "id = \"edge-01\"\n",
+            "id = \"edge-01\"\notel-collector = true\n"
+        ),
         mock.base_url(),
-        files.svid_cert,
-        files.svid_key,
-        files.trust_bundle_json
+        files.rc3_credentials()
     );
     let gate = sandbox.up(&config);
     mock.wait_until("capabilities", Duration::from_secs(60), |m| {

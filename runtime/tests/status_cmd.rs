@@ -316,15 +316,10 @@ storage = "16Mi"
 [wfm]
 url = "{}"
 poll-interval = "300ms"
-profile = "rc3"
-svid-cert = {:?}
-svid-key = {:?}
-trust-bundle = {:?}
+{}
 "#,
         mock.base_url(),
-        files.svid_cert,
-        files.svid_key,
-        files.trust_bundle_json
+        files.rc3_credentials()
     );
     let gate = sandbox.up(&config);
     let admin = gate.admin.unwrap().to_string();

@@ -39,14 +39,8 @@ fn setup_with(profile: Profile, mode: &str, options: MockOptions) -> Setup {
         },
     );
     let transport = match profile {
-        Profile::Rc3 => format!(
-            "profile = \"rc3\"\nsvid-cert = {:?}\nsvid-key = {:?}\ntrust-bundle = {:?}",
-            files.svid_cert, files.svid_key, files.trust_bundle_json
-        ),
-        Profile::Rc2 => format!(
-            "profile = \"rc2\"\nclient-cert = {:?}\nclient-key = {:?}\nroot-ca = {:?}",
-            files.rc2_client_cert, files.rc2_client_key, files.root_ca_pem
-        ),
+        Profile::Rc3 => files.rc3_credentials(),
+        Profile::Rc2 => files.rc2_credentials(),
     };
     let config = format!(
         r#"

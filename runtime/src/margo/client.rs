@@ -343,10 +343,17 @@ impl WfmClient {
         // drain stopped, for one). Bounded by the transport's timeouts and, overall, by
         // the host's shutdown bound; what is not delivered stays in the outbox.
         if self.transport.is_some() && !self.in_downtime() && self.state.unreadable().is_none() {
-            let delivered = match self.collect_events().await {
-                Ok(()) => self.deliver_statuses().await,
-                Err(err) => Err(err),
-            };
+            // A last round of its own, so that its requests have a sync span as parent
+            // like every other WFM request.
+            let last_round = tracing::info_span!("wasmgate.wfm.sync", wasmgate.wfm.last = true);
+            let delivered = tracing::Instrument::instrument(
+                async {
+                    self.collect_events().await?;
+                    self.deliver_statuses().await
+                },
+                last_round,
+            )
+            .await;
             if let Err(err) = delivered {
                 tracing::warn!(error = %err, pending = self.outbox.len(), "status reports not delivered before stopping; they stay queued for the next start");
             }

@@ -82,6 +82,24 @@ pub struct ClientFiles {
     pub root_ca_pem: PathBuf,
 }
 
+impl ClientFiles {
+    /// The `[wfm]` lines of the rc.2 profile that present these files.
+    pub fn rc2_credentials(&self) -> String {
+        format!(
+            "profile = \"rc2\"\nclient-cert = {:?}\nclient-key = {:?}\nroot-ca = {:?}",
+            self.rc2_client_cert, self.rc2_client_key, self.root_ca_pem
+        )
+    }
+
+    /// The `[wfm]` lines of the rc.3 profile that present these files.
+    pub fn rc3_credentials(&self) -> String {
+        format!(
+            "profile = \"rc3\"\nsvid-cert = {:?}\nsvid-key = {:?}\ntrust-bundle = {:?}",
+            self.svid_cert, self.svid_key, self.trust_bundle_json
+        )
+    }
+}
+
 struct Ca {
     params: CertificateParams,
     key: KeyPair,
