@@ -192,8 +192,25 @@ impl Drop for KvStore {
         // for it releases the database file before a reopen.
         self.writes.take();
         if let Some(writer) = self.writer.take() {
-            let _ = writer.join();
+            join_off_the_async_workers(writer);
         }
+    }
+}
+
+/// Waits for `thread` (one last commit, an fsync). The last handle of a store is often
+/// released on an async worker (a partition removed by a reload): there the wait goes
+/// through `block_in_place`, so that the worker's other tasks move to another thread
+/// instead of waiting with it.
+fn join_off_the_async_workers(thread: std::thread::JoinHandle<()>) {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let on_multi_thread_worker =
+        Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
+    if on_multi_thread_worker {
+        tokio::task::block_in_place(|| {
+            let _ = thread.join();
+        });
+    } else {
+        let _ = thread.join();
     }
 }
 
@@ -587,6 +604,42 @@ mod tests {
         let store = KvStore::open(&path, 1 << 20).unwrap();
         assert_eq!(store.scope("d1").get("b", "k").unwrap().unwrap(), b"v1");
         assert_eq!(block(store.scope("d1").increment("b", "n", 1)).unwrap(), 6);
+    }
+
+    /// The last handle may go anywhere: on a multi-thread worker (a reload), in
+    /// `block_on`, on a current-thread runtime, outside any runtime. Each drop commits
+    /// what was queued and releases the file, so a reopen sees the value.
+    #[test]
+    fn the_last_handle_drops_on_any_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kv.redb");
+        let reopen_sees = |n: u64| {
+            let store = KvStore::open(&path, 1 << 20).unwrap();
+            assert_eq!(block(store.scope("d").increment("b", "n", 0)).unwrap(), n);
+        };
+        let multi = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        let store = KvStore::open(&path, 1 << 20).unwrap();
+        let on_worker = multi.spawn(async move {
+            store.scope("d").increment("b", "n", 1).await.unwrap();
+            drop(store);
+        });
+        multi.block_on(on_worker).unwrap();
+        reopen_sees(1);
+        let store = KvStore::open(&path, 1 << 20).unwrap();
+        multi.block_on(async move {
+            store.scope("d").increment("b", "n", 1).await.unwrap();
+            drop(store);
+        });
+        reopen_sees(2);
+        let store = KvStore::open(&path, 1 << 20).unwrap();
+        block(async move {
+            store.scope("d").increment("b", "n", 1).await.unwrap();
+            drop(store);
+        });
+        reopen_sees(3);
     }
 
     #[test]

@@ -16,7 +16,7 @@
 //! `Docker-Content-Digest`), every layer is hashed while it streams into the blob store
 //! and lands there only when its sha256 matches the manifest.
 
-use super::settings::{Registries, RegistryProtocol};
+use super::settings::{Registries, RegistryProtocol, RegistrySettings};
 use super::store::{BlobStore, BlobWriteError, BlobWriter};
 use crate::telemetry::{OciMetrics, OciPull};
 use crate::types::sha256_hex;
@@ -445,6 +445,74 @@ fn read_secret(path: &std::path::Path) -> Result<String, String> {
         .map_err(|_| format!("{} is not UTF-8 text", path.display()))
 }
 
+/// A PEM file of registry CAs: a regular file of bounded size, like every other file
+/// the configuration names.
+const MAX_CA_FILE: u64 = 1 << 20;
+
+/// What a registry client is built from that lives in files: the protocol, extra CAs
+/// and the credentials.
+struct RegistryFiles {
+    protocol: ClientProtocol,
+    certificates: Vec<Certificate>,
+    auth: RegistryAuth,
+}
+
+impl RegistryFiles {
+    /// Blocking: reads the CA, password, token and auth files `settings` name.
+    fn read(
+        registry: &str,
+        settings: Option<&RegistrySettings>,
+        auth_file: Option<&std::path::Path>,
+    ) -> Result<Self, String> {
+        let protocol = match settings.and_then(|s| s.protocol) {
+            Some(RegistryProtocol::Http) => ClientProtocol::Http,
+            Some(RegistryProtocol::Https) => ClientProtocol::Https,
+            None if is_loopback(registry) => ClientProtocol::Http,
+            None => ClientProtocol::Https,
+        };
+        let mut certificates = Vec::new();
+        if let Some(ca) = settings.and_then(|s| s.ca_file.as_ref()) {
+            let data = crate::fsutil::read_regular_bounded(ca, MAX_CA_FILE).map_err(|e| {
+                format!("[registries.\"{registry}\"] ca-file {}: {e}", ca.display())
+            })?;
+            certificates.push(Certificate {
+                encoding: CertificateEncoding::Pem,
+                data,
+            });
+        }
+        let mut auth = RegistryAuth::Anonymous;
+        if let Some(s) = settings {
+            let password = match (&s.password, &s.password_file) {
+                (Some(p), _) => Some(p.clone()),
+                (None, Some(file)) => Some(read_secret(file)?),
+                (None, None) => None,
+            };
+            let token = match (&s.token, &s.token_file) {
+                (Some(t), _) => Some(t.clone()),
+                (None, Some(file)) => Some(read_secret(file)?),
+                (None, None) => None,
+            };
+            if let Some(token) = token {
+                auth = RegistryAuth::Bearer(token);
+            } else if let (Some(user), Some(password)) = (&s.username, password) {
+                auth = RegistryAuth::Basic(user.clone(), password);
+            }
+        }
+        if auth == RegistryAuth::Anonymous {
+            if let Some(file) = auth_file {
+                if let Some(found) = auth_from_file(file, registry)? {
+                    auth = found;
+                }
+            }
+        }
+        Ok(Self {
+            protocol,
+            certificates,
+            auth,
+        })
+    }
+}
+
 /// Installs the process-wide rustls crypto provider (ring) once.
 fn ensure_crypto_provider() {
     static ONCE: std::sync::Once = std::sync::Once::new();
@@ -532,63 +600,30 @@ impl OciFetcher {
         &self.settings
     }
 
-    /// The client and credentials for `r`'s registry, built on first use.
-    fn client(&self, r: &ComponentRef) -> Result<(Client, RegistryAuth), OciError> {
+    /// The client and credentials for `r`'s registry, built on first use. The files the
+    /// registry's settings name are read on a blocking thread: a slow disk or a FIFO
+    /// named by mistake must not hold an async worker.
+    async fn client(&self, r: &ComponentRef) -> Result<(Client, RegistryAuth), OciError> {
         let registry = r.registry().to_owned();
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(found) = clients.get(&registry) {
-            return Ok(found.clone());
+        if let Some(found) = self.cached_client(&registry) {
+            return Ok(found);
         }
         let config_err = |m: String| r.error(OciErrorKind::Config, m);
-        let settings = self.settings.registries.get(&registry);
-        let protocol = match settings.and_then(|s| s.protocol) {
-            Some(RegistryProtocol::Http) => ClientProtocol::Http,
-            Some(RegistryProtocol::Https) => ClientProtocol::Https,
-            None if is_loopback(&registry) => ClientProtocol::Http,
-            None => ClientProtocol::Https,
+        let settings = self.settings.registries.get(&registry).cloned();
+        let auth_file = self.settings.auth_file.clone();
+        let files = {
+            let registry = registry.clone();
+            tokio::task::spawn_blocking(move || {
+                RegistryFiles::read(&registry, settings.as_ref(), auth_file.as_deref())
+            })
+            .await
+            .map_err(|e| config_err(format!("reading the registry's files failed: {e}")))?
+            .map_err(config_err)?
         };
-        let mut certificates = Vec::new();
-        if let Some(ca) = settings.and_then(|s| s.ca_file.as_ref()) {
-            let data = std::fs::read(ca).map_err(|e| {
-                config_err(format!(
-                    "[registries.\"{registry}\"] ca-file {}: {e}",
-                    ca.display()
-                ))
-            })?;
-            certificates.push(Certificate {
-                encoding: CertificateEncoding::Pem,
-                data,
-            });
-        }
-        let mut auth = RegistryAuth::Anonymous;
-        if let Some(s) = settings {
-            let password = match (&s.password, &s.password_file) {
-                (Some(p), _) => Some(p.clone()),
-                (None, Some(file)) => Some(read_secret(file).map_err(&config_err)?),
-                (None, None) => None,
-            };
-            let token = match (&s.token, &s.token_file) {
-                (Some(t), _) => Some(t.clone()),
-                (None, Some(file)) => Some(read_secret(file).map_err(&config_err)?),
-                (None, None) => None,
-            };
-            if let Some(token) = token {
-                auth = RegistryAuth::Bearer(token);
-            } else if let (Some(user), Some(password)) = (&s.username, password) {
-                auth = RegistryAuth::Basic(user.clone(), password);
-            }
-        }
-        if auth == RegistryAuth::Anonymous {
-            if let Some(file) = &self.settings.auth_file {
-                if let Some(found) = auth_from_file(file, &registry).map_err(&config_err)? {
-                    auth = found;
-                }
-            }
-        }
         ensure_crypto_provider();
         let config = ClientConfig {
-            protocol,
-            extra_root_certificates: certificates,
+            protocol: files.protocol,
+            extra_root_certificates: files.certificates,
             platform_resolver: None,
             connect_timeout: Some(Duration::from_secs(10)),
             read_timeout: Some(Duration::from_secs(60)),
@@ -597,8 +632,18 @@ impl OciFetcher {
         };
         let client = Client::try_from(config)
             .map_err(|e| config_err(format!("cannot set up the registry client: {}", chain(&e))))?;
-        clients.insert(registry, (client.clone(), auth.clone()));
-        Ok((client, auth))
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        // Two pulls of one registry may have built a client at once: keep the first.
+        let entry = clients
+            .entry(registry)
+            .or_insert((client, files.auth))
+            .clone();
+        Ok(entry)
+    }
+
+    fn cached_client(&self, registry: &str) -> Option<(Client, RegistryAuth)> {
+        let clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        clients.get(registry).cloned()
     }
 
     fn pull_error(&self, r: &ComponentRef, what: &str, err: OciDistributionError) -> OciError {
@@ -630,7 +675,7 @@ impl OciFetcher {
     }
 
     async fn resolve_manifest(&self, r: &ComponentRef) -> Result<ResolvedLayer, OciError> {
-        let (client, auth) = self.client(r)?;
+        let (client, auth) = self.client(r).await?;
         self.manifest_pulls.fetch_add(1, Ordering::Relaxed);
         let pull = client.pull_manifest_raw(&r.reference, &auth, ACCEPTED_MANIFESTS);
         let (body, manifest) = tokio::time::timeout(self.settings.timeout, pull)
@@ -700,7 +745,7 @@ impl OciFetcher {
                 ),
             ));
         }
-        let (client, auth) = self.client(r)?;
+        let (client, auth) = self.client(r).await?;
         // Layers are fetched by digest; make sure the client authenticated for this
         // repository (pull_manifest does it; a pinned re-fetch may come first).
         client
@@ -823,6 +868,71 @@ impl tokio::io::AsyncWrite for LimitedSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A FIFO, an oversized file or a missing one named as a registry's CA, password or
+    /// token file is a configuration error naming the key, at once (never a hang).
+    #[test]
+    fn registry_files_are_read_bounded_and_regular() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        let big = dir.path().join("big.pem");
+        std::fs::write(&big, vec![b'A'; (MAX_CA_FILE + 1) as usize]).unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let started = std::time::Instant::now();
+        for (settings, what) in [
+            (
+                RegistrySettings {
+                    ca_file: Some(fifo.clone()),
+                    ..Default::default()
+                },
+                "ca-file",
+            ),
+            (
+                RegistrySettings {
+                    ca_file: Some(big),
+                    ..Default::default()
+                },
+                "ca-file",
+            ),
+            (
+                RegistrySettings {
+                    username: Some("u".into()),
+                    password_file: Some(fifo.clone()),
+                    ..Default::default()
+                },
+                "fifo",
+            ),
+            (
+                RegistrySettings {
+                    token_file: Some(fifo.clone()),
+                    ..Default::default()
+                },
+                "fifo",
+            ),
+        ] {
+            let err = RegistryFiles::read("reg.example.com", Some(&settings), None)
+                .err()
+                .unwrap_or_else(|| panic!("{settings:?} accepted"));
+            assert!(err.contains(what), "{err}");
+        }
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let ok = RegistrySettings {
+            username: Some("u".into()),
+            password_file: Some(secret),
+            ..Default::default()
+        };
+        let files = RegistryFiles::read("reg.example.com", Some(&ok), None).unwrap();
+        assert_eq!(files.auth, RegistryAuth::Basic("u".into(), "s3cret".into()));
+        assert!(matches!(files.protocol, ClientProtocol::Https));
+        let local = RegistryFiles::read("127.0.0.1:5000", None, None).unwrap();
+        assert!(matches!(local.protocol, ClientProtocol::Http));
+    }
 
     #[test]
     fn references() {
