@@ -1687,17 +1687,7 @@ impl Run {
     }
 
     fn reports(&self, id: &str) -> Vec<(String, u64)> {
-        self.mock
-            .statuses()
-            .iter()
-            .filter(|s| s["deploymentId"] == id)
-            .map(|s| {
-                (
-                    s["status"]["state"].as_str().unwrap_or_default().to_owned(),
-                    s["adoptedManifestVersion"].as_u64().unwrap_or(0),
-                )
-            })
-            .collect()
+        self.mock.reports(id)
     }
 
     /// Waits for a report of `id` in `state` (at `version` in rc.3).

@@ -132,16 +132,7 @@ fn sensor_yaml(device: &str) -> String {
 
 /// Status reports the mock accepted for `id`, as (state, adoptedManifestVersion).
 fn reports(mock: &MockWfm, id: &str) -> Vec<(String, u64)> {
-    mock.statuses()
-        .iter()
-        .filter(|s| s["deploymentId"] == id)
-        .map(|s| {
-            (
-                s["status"]["state"].as_str().unwrap().to_owned(),
-                s["adoptedManifestVersion"].as_u64().unwrap_or(0),
-            )
-        })
-        .collect()
+    mock.reports(id)
 }
 
 fn last_report(mock: &MockWfm, id: &str) -> Option<Value> {
@@ -151,11 +142,7 @@ fn last_report(mock: &MockWfm, id: &str) -> Option<Value> {
 }
 
 fn wait_state(mock: &MockWfm, id: &str, state: &str, version: u64) {
-    mock.wait_until(&format!("{id} {state} at v{version}"), WAIT, |m| {
-        reports(m, id)
-            .iter()
-            .any(|(s, v)| s == state && *v == version)
-    });
+    mock.wait_state(id, state, version, WAIT);
 }
 
 #[path = "wfm/interop.rs"]

@@ -262,6 +262,11 @@ impl Outline {
     /// Reads what it can from `bytes`, ignoring everything that is not as expected:
     /// only values that would pass validation are kept.
     pub fn of_yaml(bytes: &[u8]) -> Self {
+        // The same guard as `from_yaml`: this runs on the documents it refused, and the
+        // parser would spend minutes on deep flow nesting.
+        if check_flow_depth(bytes).is_err() {
+            return Self::default();
+        }
         let Ok(doc) = serde_norway::from_slice::<Value>(bytes) else {
             return Self::default();
         };

@@ -112,6 +112,18 @@ fn local<E: std::fmt::Display>(e: E) -> CycleError {
     CycleError::Local(e.to_string())
 }
 
+/// A reply over its size limit is desired state the device refuses (its digest cannot
+/// even be checked), like a digest mismatch: a security refusal, not a network failure
+/// to retry.
+fn oversize_is_rejected(err: TransportError, what: impl FnOnce() -> String) -> CycleError {
+    match err {
+        TransportError::Http(super::http::HttpError::TooLarge { limit, .. }) => {
+            CycleError::Rejected(format!("{} is larger than {limit} bytes", what()))
+        }
+        other => other.into(),
+    }
+}
+
 /// `poll` doubled per consecutive failure, at most [`MAX_BACKOFF`], never below `poll`.
 fn exponential_backoff(poll: Duration, failures: u32) -> Duration {
     poll.saturating_mul(1u32 << failures.min(8))
@@ -908,7 +920,8 @@ impl WfmClient {
                 None,
                 MAX_DOCUMENT,
             )
-            .await?;
+            .await
+            .map_err(|e| oversize_is_rejected(e, || "the state manifest".into()))?;
         match response.status {
             304 => return Ok(()),
             200 => {}
@@ -988,15 +1001,7 @@ impl WfmClient {
                         max,
                     )
                     .await
-                    .map_err(|e| match e {
-                        TransportError::Http(super::http::HttpError::TooLarge { .. }) => {
-                            CycleError::Rejected(format!(
-                                "bundle {} is larger than {max} bytes",
-                                bundle.digest
-                            ))
-                        }
-                        other => other.into(),
-                    })?;
+                    .map_err(|e| oversize_is_rejected(e, || format!("bundle {}", bundle.digest)))?;
                 if response.status != 200 {
                     return Err(refused(format!("GET bundle {}", bundle.digest), &response));
                 }
@@ -1043,7 +1048,10 @@ impl WfmClient {
                     None,
                     MAX_DOCUMENT,
                 )
-                .await?;
+                .await
+                .map_err(|e| {
+                    oversize_is_rejected(e, || format!("deployment {} YAML", d.deployment_id))
+                })?;
             if response.status != 200 {
                 return Err(refused(
                     format!("GET deployment {} {}", d.deployment_id, d.digest),

@@ -96,6 +96,23 @@ async fn exchange(
             addr: addr.clone(),
             message: e.to_string(),
         })?;
+    exchange_on(stream, &url, &host, &addr, request, max_body).await
+}
+
+/// The HTTP/1.1 exchange on an established `stream`: sends `request`, reads the head and
+/// at most `max_body` bytes of body.
+async fn exchange_on<S>(
+    stream: S,
+    url: &Url,
+    host: &str,
+    addr: &str,
+    request: http::Request<Bytes>,
+    max_body: u64,
+) -> Result<Response, HttpError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let addr = addr.to_owned();
     let exchange_err = |e: hyper::Error| HttpError::Exchange {
         addr: addr.clone(),
         message: e.to_string(),
@@ -116,7 +133,7 @@ async fn exchange(
     if !parts.headers.contains_key(http::header::HOST) {
         let authority = match url.port() {
             Some(p) => format!("{host}:{p}"),
-            None => host.clone(),
+            None => host.to_owned(),
         };
         parts.headers.insert(
             http::header::HOST,
@@ -154,4 +171,85 @@ async fn exchange(
         headers: head.headers,
         body,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Answers one request on the far end of a pipe with a `200` of `body_len` bytes,
+    /// declared (`content-length`) or chunked; the exchange on the near end reads at
+    /// most `limit`.
+    async fn reply_of(body_len: usize, chunked: bool, limit: u64) -> Result<Response, HttpError> {
+        let (near, mut far) = tokio::io::duplex(64 << 10);
+        let server = tokio::spawn(async move {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if far.read(&mut byte).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                head.push(byte[0]);
+            }
+            let body = vec![b'x'; body_len];
+            let reply = if chunked {
+                let mut r = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+                for chunk in body.chunks(4096) {
+                    r.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                    r.extend_from_slice(chunk);
+                    r.extend_from_slice(b"\r\n");
+                }
+                r.extend_from_slice(b"0\r\n\r\n");
+                r
+            } else {
+                let mut r =
+                    format!("HTTP/1.1 200 OK\r\ncontent-length: {body_len}\r\n\r\n").into_bytes();
+                r.extend_from_slice(&body);
+                r
+            };
+            // The client stops reading at its limit and drops the pipe: a write error
+            // then is what a WFM that sends too much sees.
+            let _ = far.write_all(&reply).await;
+        });
+        let url = Url::parse("https://wfm.example:8443/api/v1/capabilities/edge-01").unwrap();
+        let request = http::Request::put(url.as_str())
+            .body(Bytes::from_static(b"{}"))
+            .unwrap();
+        let result = exchange_on(
+            near,
+            &url,
+            "wfm.example",
+            "wfm.example:8443",
+            request,
+            limit,
+        )
+        .await;
+        server.abort();
+        result
+    }
+
+    /// Every WFM reply is read with a byte limit (64 KiB for capabilities and status
+    /// replies, 1 MiB for manifests and YAMLs): a reply at the limit is read whole, one
+    /// byte more is refused as too large, declared or chunked.
+    #[tokio::test]
+    async fn replies_are_read_up_to_their_limit() {
+        const LIMIT: u64 = 64 << 10;
+        for chunked in [false, true] {
+            let at_limit = reply_of(LIMIT as usize, chunked, LIMIT).await.unwrap();
+            assert_eq!(at_limit.body.len() as u64, LIMIT, "chunked: {chunked}");
+            match reply_of(LIMIT as usize + 1, chunked, LIMIT).await {
+                Err(HttpError::TooLarge { limit, url }) => {
+                    assert_eq!(limit, LIMIT);
+                    assert!(url.contains("capabilities/edge-01"), "{url}");
+                }
+                other => panic!("chunked: {chunked}: {other:?}"),
+            }
+        }
+        // Far over the limit, in chunks: refused the same way.
+        match reply_of(8 << 20, true, LIMIT).await {
+            Err(HttpError::TooLarge { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
 }

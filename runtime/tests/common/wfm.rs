@@ -99,6 +99,20 @@ pub enum Fixture {
     UnknownBundleMediaType,
     /// `manifestVersion` forced to `to`.
     ManifestVersionRollback { to: u64 },
+    /// These exact bytes are served as the bundle (the manifest's `bundle.digest` and
+    /// `sizeBytes` are computed over them, media type [`BUNDLE_MEDIA_TYPE`]), so that a
+    /// hostile archive passes the digest check and reaches the archive reader. Applies
+    /// while the desired state has deployments (otherwise `bundle` is null as always).
+    RawBundle(Vec<u8>),
+    /// Deployment `id` is served as these exact bytes, with a matching digest: it
+    /// replaces that id's YAML, or is listed in addition when `set_deployments` has no
+    /// such id. The mock never parses them (status reports on `id` are not checked
+    /// against its components or deviceId). The bundle still holds the YAMLs of
+    /// `set_deployments`: meant for the single-YAML path (one deployment changed).
+    RawDeployment { id: String, bytes: Vec<u8> },
+    /// The manifest lists `n` more deployments after the real ones (ids
+    /// `ffffffff-0000-4000-8000-<12 digits>`, well-formed digests that name no content).
+    ManyDeployments(usize),
 }
 
 impl Fixture {
@@ -429,6 +443,29 @@ impl MockWfm {
     /// Accepted status bodies in arrival order.
     pub fn statuses(&self) -> Vec<Value> {
         self.inner.state.lock().unwrap().statuses.clone()
+    }
+
+    /// Status reports accepted for deployment `id`, as (state, adoptedManifestVersion).
+    pub fn reports(&self, id: &str) -> Vec<(String, u64)> {
+        self.statuses()
+            .iter()
+            .filter(|s| s["deploymentId"] == id)
+            .map(|s| {
+                (
+                    s["status"]["state"].as_str().unwrap_or_default().to_owned(),
+                    s["adoptedManifestVersion"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect()
+    }
+
+    /// Waits up to `timeout` for a report of `id` in `state` at manifest `version`.
+    pub fn wait_state(&self, id: &str, state: &str, version: u64, timeout: Duration) {
+        self.wait_until(&format!("{id} {state} at v{version}"), timeout, |m| {
+            m.reports(id)
+                .iter()
+                .any(|(s, v)| s == state && *v == version)
+        });
     }
 
     /// Every strictness failure seen so far, as `"<METHOD> <path>: <what>"`.
@@ -855,10 +892,27 @@ impl Inner {
                 bytes: bytes.clone(),
             })
             .collect();
+        if let Fixture::RawDeployment { id, bytes } = &st.fixture {
+            let raw = DeploymentContent {
+                id: id.clone(),
+                digest: sha256_digest(bytes),
+                bytes: Bytes::copy_from_slice(bytes),
+            };
+            match st.contents.iter_mut().find(|c| c.id == *id) {
+                Some(slot) => *slot = raw,
+                None => {
+                    st.contents.push(raw);
+                    st.contents.sort_by(|a, b| a.id.cmp(&b.id));
+                }
+            }
+        }
         st.bundle = if st.deployments.is_empty() {
             None
         } else {
-            let bytes = build_bundle(&st.deployments, &st.fixture);
+            let bytes = match &st.fixture {
+                Fixture::RawBundle(raw) => raw.clone(),
+                fixture => build_bundle(&st.deployments, fixture),
+            };
             Some(BundleContent {
                 digest: sha256_digest(&bytes),
                 bytes: Bytes::from(bytes),
@@ -869,11 +923,22 @@ impl Inner {
                 },
             })
         };
-        let infos = st
+        let mut infos: BTreeMap<String, DeployInfo> = st
             .deployments
             .iter()
             .map(|(id, y)| (id.clone(), deploy_info(y)))
             .collect();
+        if let Fixture::RawDeployment { id, .. } = &st.fixture {
+            // Hostile YAML (alias bombs, deep nesting) is what the client must survive,
+            // not something for the mock to parse.
+            infos.insert(
+                id.clone(),
+                DeployInfo {
+                    components: None,
+                    device_id: None,
+                },
+            );
+        }
         let version = st.version;
         st.history.insert(version, infos);
         let mut adv: Vec<String> = st.contents.iter().map(|c| c.digest.clone()).collect();
@@ -925,7 +990,7 @@ impl Inner {
                 "url": format!("{api}/bundles/{}", b.digest),
             }),
         };
-        let deployments: Vec<Value> = st
+        let mut deployments: Vec<Value> = st
             .contents
             .iter()
             .enumerate()
@@ -938,6 +1003,18 @@ impl Inner {
                 })
             })
             .collect();
+        if let Fixture::ManyDeployments(n) = fx {
+            deployments.extend((0..*n).map(|i| {
+                let digest = format!("sha256:{i:064x}");
+                let id = format!("ffffffff-0000-4000-8000-{i:012}");
+                json!({
+                    "deploymentId": id,
+                    "digest": digest,
+                    "sizeBytes": 1,
+                    "url": format!("{api}/deployments/{id}/{digest}"),
+                })
+            }));
+        }
         let version = match fx {
             Fixture::NonIncreasingManifestVersion => 1,
             Fixture::ManifestVersionRollback { to } => *to,
