@@ -23,7 +23,7 @@ use crate::telemetry::{FailureKind, WorkloadMetrics};
 use state::GuestClock;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wasmgate_host_api::{ConfigVars, LogContext, WasmgateCtx};
+use wasmgate_host_api::{ConfigVars, Platform, PlatformInputs};
 use wasmtime::component::{Component, InstancePre, Linker, ResourceTable};
 use wasmtime::{Engine, Store, Trap};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
@@ -129,8 +129,8 @@ pub struct Workload {
     event: Option<EventExport>,
     /// Taken once when the workload is built, so a request records without a lookup.
     pub metrics: WorkloadMetrics,
-    /// Shared by every instance: the fields of its log events and its line budget.
-    log: Arc<LogContext>,
+    /// The platform imports, configured once; every instance clones its part.
+    platform: Platform,
 }
 
 impl std::fmt::Debug for Workload {
@@ -199,18 +199,21 @@ impl Workload {
         } else {
             None
         };
-        let log = Arc::new(LogContext::new(
-            &spec.deployment_name,
-            &spec.component,
-            spec.partition.device_id.as_str(),
-        ));
+        let platform = Platform::configure(PlatformInputs {
+            deployment_id: &spec.deployment_id,
+            deployment: &spec.deployment_name,
+            component: &spec.component,
+            partition: spec.partition.device_id.as_str(),
+            config: spec.config.clone(),
+            kv: Some(&spec.partition.kv),
+        });
         Ok(Self {
             spec,
             pre,
             http,
             event,
             metrics: WorkloadMetrics::detached(),
-            log,
+            platform,
         })
     }
 
@@ -234,8 +237,9 @@ impl Workload {
     pub fn new_store(&self) -> Result<Store<InstanceState>, InvocationError> {
         let spec = &self.spec;
         let mut wasi = WasiCtxBuilder::new();
-        wasi.stdout(output::GuestOutput::stdout(self.log.clone()))
-            .stderr(output::GuestOutput::stderr(self.log.clone()));
+        let log = self.platform.log();
+        wasi.stdout(output::GuestOutput::stdout(log.clone()))
+            .stderr(output::GuestOutput::stderr(log.clone()));
         if spec.data_dir {
             let dir = spec
                 .partition
@@ -254,11 +258,7 @@ impl Workload {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
             outbound: OutboundPolicy::new(spec.outbound.clone()),
-            wasmgate: WasmgateCtx {
-                config: spec.config.clone(),
-                kv: Some(spec.partition.kv.scope(&spec.deployment_id)),
-                log: self.log.clone(),
-            },
+            wasmgate: self.platform.instance(),
             limiter: crate::sandbox::InstanceLimiter::new(
                 spec.memory_limit,
                 spec.partition.memory.clone(),
