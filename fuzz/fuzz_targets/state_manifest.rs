@@ -9,7 +9,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     // What the client relies on after a successful parse.
-    assert!(m.version >= 1);
+    assert!(m.version.get() >= 1);
     assert_eq!(m.bundle.is_some(), !m.deployments.is_empty());
     let mut ids = std::collections::BTreeSet::new();
     for d in &m.deployments {

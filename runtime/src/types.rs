@@ -185,6 +185,48 @@ impl DeviceId {
     }
 }
 
+/// Margo `manifestVersion`: a received manifest's is 1 ..= 2^64-1 and must grow with
+/// every manifest the device accepts. [`ManifestVersion::NONE`] is the device's own
+/// "nothing accepted yet", never a manifest's.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct ManifestVersion(u64);
+
+impl ManifestVersion {
+    pub const NONE: Self = Self(0);
+
+    /// The version of a received manifest: `None` for 0, which no manifest may carry.
+    pub fn of_manifest(version: u64) -> Option<Self> {
+        (version >= 1).then_some(Self(version))
+    }
+
+    pub fn get(self) -> u64 {
+        self.0
+    }
+
+    pub fn is_none(self) -> bool {
+        self == Self::NONE
+    }
+}
+
+impl fmt::Display for ManifestVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// Whether `s` is the hex part of a sha256 digest: 64 lowercase hex characters (the only
 /// spelling our stores write, so the only one a file name may have).
 pub fn is_sha256_hex(s: &str) -> bool {
@@ -206,6 +248,20 @@ pub fn sha256_of(bytes: impl AsRef<[u8]>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn manifest_versions_start_at_one_and_order_as_numbers() {
+        assert_eq!(ManifestVersion::of_manifest(0), None);
+        let one = ManifestVersion::of_manifest(1).unwrap();
+        let max = ManifestVersion::of_manifest(u64::MAX).unwrap();
+        assert!(ManifestVersion::NONE < one && one < max);
+        assert!(ManifestVersion::NONE.is_none() && !one.is_none());
+        assert_eq!(max.to_string(), u64::MAX.to_string());
+        // On disk and on the wire: the bare number, as before the type.
+        assert_eq!(serde_json::to_string(&max).unwrap(), u64::MAX.to_string());
+        let read: ManifestVersion = serde_json::from_str("42").unwrap();
+        assert_eq!(read.get(), 42);
+    }
 
     #[test]
     fn digests_parse_only_in_the_canonical_form() {

@@ -63,7 +63,7 @@ pub struct WfmSync {
     pub last_error: Option<String>,
     /// Unix seconds of the last complete sync round.
     pub last_sync: Option<u64>,
-    pub accepted_manifest_version: u64,
+    pub accepted_manifest_version: crate::types::ManifestVersion,
     /// Status reports waiting for delivery.
     pub outbox_depth: usize,
     /// One entry per deployment target whose capabilities we report.

@@ -202,7 +202,9 @@ impl WfmClient {
         Ok(Self {
             identity,
             documents,
-            applying: state.accepted().map_or(0, |a| a.manifest_version),
+            applying: state
+                .accepted()
+                .map_or(ManifestVersion::NONE, |a| a.manifest_version),
             settings,
             transport,
             device,
@@ -455,7 +457,10 @@ impl WfmClient {
             connected: self.transport.is_some(),
             last_error: self.last_error.clone(),
             last_sync: self.last_sync,
-            accepted_manifest_version: self.state.accepted().map_or(0, |a| a.manifest_version),
+            accepted_manifest_version: self
+                .state
+                .accepted()
+                .map_or(ManifestVersion::NONE, |a| a.manifest_version),
             outbox_depth: self.outbox.len(),
             targets,
         });
@@ -505,7 +510,10 @@ impl WfmClient {
                 self.discard_events();
                 return Err(CycleError::StateUnreadable(reason));
             }
-            self.applying = self.state.accepted().map_or(0, |a| a.manifest_version);
+            self.applying = self
+                .state
+                .accepted()
+                .map_or(ManifestVersion::NONE, |a| a.manifest_version);
             self.restore(reconciler).await;
         }
         if self.transport.is_none() {
@@ -598,7 +606,7 @@ impl WfmClient {
             self.discard_events();
             return;
         };
-        if accepted.manifest_version == 0 {
+        if accepted.manifest_version.is_none() {
             return;
         }
         let desired = self.accepted_documents().await;
@@ -607,7 +615,7 @@ impl WfmClient {
             self.state.forget_etag();
         }
         tracing::info!(
-            manifest_version = accepted.manifest_version,
+            manifest_version = %accepted.manifest_version,
             deployments = desired.len(),
             "restoring the accepted desired state"
         );
@@ -944,7 +952,7 @@ impl WfmClient {
         let documents = self.fetch_documents(&manifest).await?;
         let etag = response.header("etag").map(str::to_owned);
         tracing::info!(
-            manifest_version = manifest.version,
+            manifest_version = %manifest.version,
             deployments = documents.len(),
             "applying desired state"
         );

@@ -218,7 +218,7 @@ mod tests {
         StatusReport {
             deployment_id: id.into(),
             device_id: None,
-            adopted_manifest_version: 1,
+            adopted_manifest_version: crate::types::ManifestVersion::of_manifest(1).unwrap(),
             status: StatusBody {
                 state: state.into(),
                 error: None,

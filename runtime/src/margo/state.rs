@@ -133,7 +133,7 @@ impl SyncState {
         match loaded {
             Ok(accepted) => {
                 if let Err(reason) = &self.accepted {
-                    tracing::info!(previous_error = %reason, manifest_version = accepted.manifest_version,
+                    tracing::info!(previous_error = %reason, manifest_version = %accepted.manifest_version,
                         "the accepted-state record reads again; resuming the WFM sync");
                 }
                 self.accepted = Ok(accepted);
@@ -294,7 +294,7 @@ mod tests {
 
     fn accepted(version: u64) -> Accepted {
         let mut accepted = Accepted {
-            manifest_version: version,
+            manifest_version: ManifestVersion::of_manifest(version).unwrap(),
             etag: Some("\"e\"".into()),
             ..Default::default()
         };

@@ -2,16 +2,13 @@
 //! at the edge into types that only hold valid values (`Digest`, `ManifestVersion`);
 //! outgoing ones serialize exactly the rc.3 shapes.
 
-pub use crate::types::{Digest, DigestError};
+pub use crate::types::{Digest, DigestError, ManifestVersion};
 use serde::{Deserialize, Serialize};
 
 /// Media type of the state manifest.
 pub const MANIFEST_MEDIA_TYPE: &str = "application/vnd.margo.manifest.v1+json";
 /// Media type of a deployment bundle.
 pub const BUNDLE_MEDIA_TYPE: &str = "application/vnd.margo.bundle.v1+tar+gzip";
-
-/// `manifestVersion`: an integer 1 ..= 2^64-1 (JSON number; fractions and negatives rejected).
-pub type ManifestVersion = u64;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BundleRef {
@@ -80,14 +77,15 @@ impl StateManifest {
         let raw: RawManifestWithNull = serde_json::from_slice(body)
             .map_err(|e| manifest_err("document", format!("not a JSON state manifest: {e}")))?;
         let version = match raw.manifest_version {
-            Some(serde_json::Value::Number(n)) => {
-                n.as_u64().filter(|v| *v >= 1).ok_or_else(|| {
+            Some(serde_json::Value::Number(n)) => n
+                .as_u64()
+                .and_then(ManifestVersion::of_manifest)
+                .ok_or_else(|| {
                     manifest_err(
                         "manifestVersion",
                         format!("{n} is not an integer from 1 to 2^64-1"),
                     )
-                })?
-            }
+                })?,
             Some(other) => {
                 return Err(manifest_err(
                     "manifestVersion",
@@ -346,7 +344,7 @@ mod tests {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/margo/examples/");
         let body = std::fs::read(format!("{dir}state-manifest.json")).unwrap();
         let m = StateManifest::parse(&body).unwrap();
-        assert_eq!(m.version, 43);
+        assert_eq!(m.version.get(), 43);
         assert_eq!(m.deployments.len(), 3);
         let empty = std::fs::read(format!("{dir}state-manifest-empty.json")).unwrap();
         let empty = StateManifest::parse(&empty).unwrap();
@@ -359,7 +357,10 @@ mod tests {
         let ok = format!(
             r#"{{"manifestVersion": 2, "bundle": {{"mediaType": "{BUNDLE_MEDIA_TYPE}", "digest": "{d}", "url": "/b"}}, "deployments": [{{"deploymentId": "a", "digest": "{d}", "url": "/d", "extra": 1}}], "x": true}}"#
         );
-        assert_eq!(StateManifest::parse(ok.as_bytes()).unwrap().version, 2);
+        assert_eq!(
+            StateManifest::parse(ok.as_bytes()).unwrap().version.get(),
+            2
+        );
         let cases = [
             (ok.replace("\"manifestVersion\": 2", "\"manifestVersion\": 2.5"), "manifestVersion"),
             (ok.replace("\"manifestVersion\": 2", "\"manifestVersion\": 0"), "manifestVersion"),
