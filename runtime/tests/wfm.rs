@@ -427,16 +427,13 @@ fn negative_fixtures(profile: Profile) {
     s.mock.assert_no_violations();
 }
 
-#[test]
-fn reports_made_while_the_wfm_is_down_arrive_in_order_once() {
-    let s = setup(Profile::Rc3, "see-thru");
-    let gate = s.sandbox.up(&s.config);
+/// Installs hello, then adds the sensor; the WFM answers 503 + `Retry-After:
+/// retry_after_secs` from the moment the client fetched the sensor's YAML. Returns the
+/// manifest version that added it.
+fn install_sensor_while_the_wfm_goes_away(s: &Setup, retry_after_secs: u64) -> u64 {
     s.mock
         .set_deployments(&[(HELLO_ID, hello_yaml("edge-01/apps", "Hi"))]);
     wait_state(&s.mock, HELLO_ID, "installed", s.mock.manifest_version());
-
-    // A new deployment; the WFM goes away as soon as the client fetched it, so every
-    // state change of the install happens while it is unreachable.
     s.mock.set_deployments(&[
         (HELLO_ID, hello_yaml("edge-01/apps", "Hi")),
         (SENSOR_ID, sensor_yaml("edge-01/sensors")),
@@ -447,9 +444,17 @@ fn reports_made_while_the_wfm_is_down_arrive_in_order_once() {
             .iter()
             .any(|r| r.method == "GET" && r.path.contains(SENSOR_ID))
     });
-    s.mock.set_down(DownMode::ServiceUnavailable {
-        retry_after_secs: 1,
-    });
+    s.mock
+        .set_down(DownMode::ServiceUnavailable { retry_after_secs });
+    version
+}
+
+#[test]
+fn reports_made_while_the_wfm_is_down_arrive_in_order_once() {
+    let s = setup(Profile::Rc3, "see-thru");
+    let gate = s.sandbox.up(&s.config);
+    // Every state change of the sensor's install happens while the WFM is unreachable.
+    let version = install_sensor_while_the_wfm_goes_away(&s, 1);
     let down_since = Instant::now();
     // The host keeps serving while the WFM is away.
     gate.wait_for("/sensor", 200, "\"ticks\"");
@@ -508,22 +513,7 @@ fn reports_made_while_the_wfm_is_down_arrive_in_order_once() {
 fn sigterm_delivers_the_pending_status_reports_before_exiting() {
     let s = setup(Profile::Rc3, "see-thru");
     let mut gate = s.sandbox.up(&s.config);
-    s.mock
-        .set_deployments(&[(HELLO_ID, hello_yaml("edge-01/apps", "Hi"))]);
-    wait_state(&s.mock, HELLO_ID, "installed", s.mock.manifest_version());
-    s.mock.set_deployments(&[
-        (HELLO_ID, hello_yaml("edge-01/apps", "Hi")),
-        (SENSOR_ID, sensor_yaml("edge-01/sensors")),
-    ]);
-    let version = s.mock.manifest_version();
-    s.mock.wait_until("the new YAML fetched", WAIT, |m| {
-        m.requests()
-            .iter()
-            .any(|r| r.method == "GET" && r.path.contains(SENSOR_ID))
-    });
-    s.mock.set_down(DownMode::ServiceUnavailable {
-        retry_after_secs: 60,
-    });
+    let version = install_sensor_while_the_wfm_goes_away(&s, 60);
     s.mock.wait_until("a request answered 503", WAIT, |m| {
         m.requests().iter().any(|r| r.status == 503)
     });

@@ -202,9 +202,7 @@ impl WfmClient {
         Ok(Self {
             identity,
             documents,
-            applying: state
-                .accepted()
-                .map_or(ManifestVersion::NONE, |a| a.manifest_version),
+            applying: state.accepted_version(),
             settings,
             transport,
             device,
@@ -457,10 +455,7 @@ impl WfmClient {
             connected: self.transport.is_some(),
             last_error: self.last_error.clone(),
             last_sync: self.last_sync,
-            accepted_manifest_version: self
-                .state
-                .accepted()
-                .map_or(ManifestVersion::NONE, |a| a.manifest_version),
+            accepted_manifest_version: self.state.accepted_version(),
             outbox_depth: self.outbox.len(),
             targets,
         });
@@ -510,10 +505,7 @@ impl WfmClient {
                 self.discard_events();
                 return Err(CycleError::StateUnreadable(reason));
             }
-            self.applying = self
-                .state
-                .accepted()
-                .map_or(ManifestVersion::NONE, |a| a.manifest_version);
+            self.applying = self.state.accepted_version();
             self.restore(reconciler).await;
         }
         if self.transport.is_none() {

@@ -159,6 +159,13 @@ impl SyncState {
         self.accepted.as_ref().ok()
     }
 
+    /// The accepted manifest's version; [`ManifestVersion::NONE`] when nothing is
+    /// accepted or the record cannot be read.
+    pub fn accepted_version(&self) -> ManifestVersion {
+        self.accepted()
+            .map_or(ManifestVersion::NONE, |a| a.manifest_version)
+    }
+
     /// Why the accepted record cannot be read (the message names the file).
     pub fn unreadable(&self) -> Option<&str> {
         self.accepted.as_ref().err().map(String::as_str)
