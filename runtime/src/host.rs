@@ -52,7 +52,7 @@ pub fn pool_sizing(config: &Config) -> PoolSizing {
 /// are checked against them (the rc.3 shape, whatever the WFM profile).
 fn eligibility_documents(
     device: &crate::margo::DeviceProfile,
-) -> BTreeMap<String, serde_json::Value> {
+) -> BTreeMap<crate::types::PartitionId, serde_json::Value> {
     let identity = crate::margo::capabilities::DeviceIdentity::from_profile(device);
     device
         .partitions
@@ -64,7 +64,7 @@ fn eligibility_documents(
                 p,
                 crate::margo::Profile::Rc3,
             );
-            (p.id.to_string(), doc)
+            (p.id.clone(), doc)
         })
         .collect()
 }

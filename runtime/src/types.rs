@@ -56,10 +56,14 @@ impl fmt::Display for Digest {
     }
 }
 
-/// Identifiers of devices and partitions: Margo `deviceId` segments are RFC 3986
-/// unreserved characters, at most 128 of them.
+/// Identifiers of devices, partitions and deployments: Margo `deviceId` segments are
+/// RFC 3986 unreserved characters, at most 128 of them. `.` and `..` are unreserved too
+/// but are refused: these ids become URL path segments and folder names, where a dot
+/// segment would climb.
 pub fn is_valid_id_segment(s: &str) -> bool {
     !s.is_empty()
+        && s != "."
+        && s != ".."
         && s.len() <= 128
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-'))
@@ -67,7 +71,7 @@ pub fn is_valid_id_segment(s: &str) -> bool {
 
 /// Why a text is not an id segment.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{what} {text:?}: expected letters, digits, '.', '_', '~' or '-' (1 to 128 characters)")]
+#[error("{what} {text:?}: expected letters, digits, '.', '_', '~' or '-' (1 to 128 characters, not '.' or '..')")]
 pub struct IdError {
     what: &'static str,
     text: String,
@@ -185,6 +189,18 @@ impl DeviceId {
     }
 }
 
+checked_id!(
+    /// A Margo `deploymentId` as a state manifest lists it: one id segment, so that it
+    /// is safe in the `deployments/{deploymentId}/...` paths and as a record name. The
+    /// spec says UUID and an ApplicationDeployment's own `id` must be one
+    /// (`deploy::model`); the manifest's is taken more liberally because conformance
+    /// harnesses name deployments `another-deployment`, and such an entry then fails
+    /// alone when its YAML's `id` does not match.
+    DeploymentId,
+    "deployment id",
+    is_valid_id_segment
+);
+
 /// Margo `manifestVersion`: a received manifest's is 1 ..= 2^64-1 and must grow with
 /// every manifest the device accepts. [`ManifestVersion::NONE`] is the device's own
 /// "nothing accepted yet", never a manifest's.
@@ -295,10 +311,27 @@ mod tests {
         let id = PartitionId::parse("apps-1.a_b~c").unwrap();
         assert_eq!(id, "apps-1.a_b~c");
         assert_eq!(id.to_string(), "apps-1.a_b~c");
-        for bad in ["", "a/b", "a b", "a\nb", "caf\u{e9}", &"a".repeat(129)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "a b",
+            "a\nb",
+            "caf\u{e9}",
+            &"a".repeat(129),
+        ] {
             let err = PartitionId::parse(bad).unwrap_err().to_string();
             assert!(err.starts_with("partition id "), "{err}");
+            assert!(DeploymentId::parse(bad).is_err(), "{bad:?}");
         }
+        assert!(PartitionId::parse("...").is_ok() && PartitionId::parse(".a").is_ok());
+        let uuid = "3f0c6d52-1b7e-4a39-9d2a-8e5b7c4a1f01";
+        assert_eq!(DeploymentId::parse(uuid).unwrap(), uuid);
+        assert_eq!(
+            DeploymentId::parse("another-deployment").unwrap().as_str(),
+            "another-deployment"
+        );
         let parsed: PartitionId = serde_json::from_str("\"p1\"").unwrap();
         assert_eq!(parsed.as_str(), "p1");
         assert!(serde_json::from_str::<PartitionId>("\"../etc\"").is_err());
@@ -312,7 +345,7 @@ mod tests {
         assert_eq!(child, "edge-01/apps");
         assert!(!child.is_host());
         assert_eq!(DeviceId::parse("edge-01/apps").unwrap(), child);
-        for bad in ["", "/", "a/", "/a", "a//b", "a/b c", "a/*"] {
+        for bad in ["", "/", "a/", "/a", "a//b", "a/b c", "a/*", "a/..", "./a"] {
             let err = DeviceId::parse(bad).unwrap_err().to_string();
             assert!(err.starts_with("device id "), "{bad:?}: {err}");
         }

@@ -3,6 +3,7 @@
 //! `x-wasmgate-extensions` object ([`WasmgateExtensions`]).
 
 use crate::trigger::{HttpRoute, TimerSchedule};
+use crate::types::DeploymentId;
 use crate::units::{ByteSize, HumanDuration};
 use serde::Deserialize;
 use serde_json::Value;
@@ -160,7 +161,7 @@ struct RawTarget {
 /// A validated deployment.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Deployment {
-    pub id: String,
+    pub id: DeploymentId,
     pub name: String,
     pub namespace: Option<String>,
     pub application_id: String,
@@ -242,7 +243,7 @@ fn warn_unknown(at: &str, other: &BTreeMap<String, Value>) {
 /// status names the deployment, its components and its target as a WFM expects.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Outline {
-    pub id: Option<String>,
+    pub id: Option<DeploymentId>,
     pub name: Option<String>,
     pub device_id: Option<String>,
     pub components: Vec<String>,
@@ -284,7 +285,7 @@ impl Outline {
             })
             .unwrap_or_default();
         Self {
-            id: text("/id").filter(|id| is_uuid(id)).map(str::to_owned),
+            id: text("/id").and_then(deployment_uuid),
             name: text("/metadata/name")
                 .filter(|n| !n.trim().is_empty() && n.len() <= 253)
                 .map(str::to_owned),
@@ -314,6 +315,11 @@ impl From<&Deployment> for Outline {
 
 /// Shortest timer period accepted: faster timers are a busy loop in disguise.
 pub const MIN_TIMER_PERIOD: Duration = Duration::from_millis(100);
+
+/// An ApplicationDeployment's `id`: the spec's UUID, in either case of hex.
+fn deployment_uuid(s: &str) -> Option<DeploymentId> {
+    is_uuid(s).then(|| DeploymentId::parse(s).ok()).flatten()
+}
 
 fn is_uuid(s: &str) -> bool {
     let groups: Vec<&str> = s.split('-').collect();
@@ -443,15 +449,15 @@ impl Deployment {
         let id = raw
             .id
             .ok_or_else(|| model_err("id", "missing; expected the deployment UUID"))?;
-        if !is_uuid(&id) {
-            return Err(model_err(
+        let id = deployment_uuid(&id).ok_or_else(|| {
+            model_err(
                 "id",
                 format!(
                     "{} is not a UUID (e.g. 3f0c6d52-1b7e-4a39-9d2a-8e5b7c4a1f01)",
                     preview(&id)
                 ),
-            ));
-        }
+            )
+        })?;
         let metadata = raw
             .metadata
             .ok_or_else(|| model_err("metadata", "missing"))?;

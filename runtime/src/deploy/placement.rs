@@ -3,6 +3,7 @@
 //! device in local mode) lets the host choose by capacity.
 
 use crate::sandbox::Partition;
+use crate::types::PartitionId;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -61,7 +62,7 @@ pub fn place(
     this_device: &str,
     partitions: &[Arc<Partition>],
     requirement: Requirement,
-    committed: &BTreeMap<String, u64>,
+    committed: &BTreeMap<PartitionId, u64>,
     eligible: &dyn Fn(&Partition) -> Result<(), String>,
 ) -> Result<Arc<Partition>, PlacementError> {
     place_keeping(
@@ -80,12 +81,12 @@ pub fn place(
 /// `current` as long as it is eligible and has room, since a deployment's key-value
 /// data and files belong to its partition and do not move with it.
 pub fn place_keeping(
-    current: Option<&str>,
+    current: Option<&PartitionId>,
     device_id: Option<&str>,
     this_device: &str,
     partitions: &[Arc<Partition>],
     requirement: Requirement,
-    committed: &BTreeMap<String, u64>,
+    committed: &BTreeMap<PartitionId, u64>,
     eligible: &dyn Fn(&Partition) -> Result<(), String>,
 ) -> Result<Arc<Partition>, PlacementError> {
     let target = device_id.unwrap_or(this_device);
@@ -147,14 +148,14 @@ pub fn place_keeping(
 fn autonomous(
     partitions: &[Arc<Partition>],
     requirement: Requirement,
-    committed: &BTreeMap<String, u64>,
-    current: Option<&str>,
+    committed: &BTreeMap<PartitionId, u64>,
+    current: Option<&PartitionId>,
 ) -> Result<Arc<Partition>, PlacementError> {
     let free = |p: &Partition| {
         p.config
             .memory
             .0
-            .saturating_sub(committed.get(p.id.as_str()).copied().unwrap_or(0))
+            .saturating_sub(committed.get(&p.id).copied().unwrap_or(0))
     };
     let fits = |p: &&Arc<Partition>| {
         free(p) >= requirement.memory && requirement.cores.is_none_or(|c| p.config.cpu >= c)
@@ -162,7 +163,7 @@ fn autonomous(
     if let Some(kept) = partitions
         .iter()
         .filter(fits)
-        .find(|p| Some(p.id.as_str()) == current)
+        .find(|p| Some(&p.id) == current)
     {
         return Ok(kept.clone());
     }
@@ -240,7 +241,7 @@ mod tests {
         );
         assert_eq!(place(None, "edge", &ps, req, &none, &any).unwrap().id, "a");
         let mut committed = BTreeMap::new();
-        committed.insert("a".to_string(), 200u64 << 20);
+        committed.insert(PartitionId::parse("a").unwrap(), 200u64 << 20);
         assert_eq!(
             place(Some("edge/*"), "edge", &ps, req, &committed, &any)
                 .unwrap()
@@ -299,7 +300,7 @@ mod tests {
         );
         assert_eq!(kept.unwrap().id, other.id);
         // Full: it goes where there is room.
-        let full: BTreeMap<String, u64> = [(other.id.to_string(), u64::MAX / 2)].into();
+        let full: BTreeMap<PartitionId, u64> = [(other.id.clone(), u64::MAX / 2)].into();
         let moved = place_keeping(
             Some(&other.id),
             Some("edge/*"),

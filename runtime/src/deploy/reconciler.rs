@@ -19,6 +19,7 @@ mod plan;
 mod records;
 mod report;
 
+use crate::types::{DeploymentId, PartitionId};
 use activate::Applied;
 use flight::InFlight;
 use gc::Gc;
@@ -58,7 +59,7 @@ pub struct DesiredDeployment {
     pub yaml: Vec<u8>,
     /// The `id` the document must declare, when its origin names it (a WFM manifest
     /// lists each YAML under a `deploymentId`). A different id fails this deployment.
-    pub expected_id: Option<String>,
+    pub expected_id: Option<DeploymentId>,
     /// Set when the document was not read because reading it was refused (local mode:
     /// not a regular file, too large, a link out of the folder); `yaml` is then empty and
     /// the source fails with this code and message, like a document that does not parse.
@@ -77,7 +78,7 @@ pub struct Refusal {
 pub struct Reconfiguration {
     pub partitions: Vec<Arc<Partition>>,
     /// Capabilities document per partition id, for `deviceConstraints`.
-    pub capabilities: BTreeMap<String, serde_json::Value>,
+    pub capabilities: BTreeMap<PartitionId, serde_json::Value>,
 }
 
 pub struct Reconciler {
@@ -87,7 +88,7 @@ pub struct Reconciler {
     routes: SharedRoutes,
     status: Arc<StatusBoard>,
     reporter: Reporter,
-    applied: BTreeMap<String, Applied>,
+    applied: BTreeMap<DeploymentId, Applied>,
     /// Per source: component files that failed to load; when one appears or changes,
     /// the folder watch re-applies.
     waiting_for: BTreeMap<String, Vec<PathBuf>>,
@@ -97,7 +98,7 @@ pub struct Reconciler {
     /// Per source: deployments waiting to retry a failed pull.
     retries: BTreeMap<String, Retry>,
     /// Capabilities document per partition id, for `deviceConstraints`.
-    capabilities: BTreeMap<String, serde_json::Value>,
+    capabilities: BTreeMap<PartitionId, serde_json::Value>,
     /// The host's metrics registry; workloads, the AOT cache and pulls record here.
     metrics: Arc<Metrics>,
     installer: Installer,
@@ -164,7 +165,7 @@ impl Reconciler {
 
     /// The capabilities each partition advertises; deployments' `deviceConstraints`
     /// (capacity and eligibility rules) are checked against them before deploying.
-    pub fn set_capabilities(&mut self, capabilities: BTreeMap<String, serde_json::Value>) {
+    pub fn set_capabilities(&mut self, capabilities: BTreeMap<PartitionId, serde_json::Value>) {
         self.capabilities = capabilities;
     }
 
@@ -199,7 +200,7 @@ impl Reconciler {
     }
 
     /// Whether `id` runs in a partition that changed or left since it was placed.
-    fn misplaced(&self, id: &str) -> bool {
+    fn misplaced(&self, id: &DeploymentId) -> bool {
         self.applied
             .get(id)
             .is_some_and(|a| !activate::placed_in(&a.partition, &self.partitions))
@@ -208,7 +209,7 @@ impl Reconciler {
     /// Stops a deployment that runs in a partition that changed or left and could not
     /// be placed again: it may not keep the old limits. Its failure is reported by the
     /// caller.
-    fn evict(&mut self, id: &str) {
+    fn evict(&mut self, id: &DeploymentId) {
         let Some(applied) = self.applied.remove(id) else {
             return;
         };
@@ -464,7 +465,7 @@ impl Reconciler {
         self.retries.insert(source.to_owned(), retry);
     }
 
-    fn remove(&mut self, id: &str) {
+    fn remove(&mut self, id: &DeploymentId) {
         let Some(applied) = self.applied.remove(id) else {
             return;
         };
@@ -505,7 +506,7 @@ impl Reconciler {
         );
     }
 
-    fn set_installed(&self, id: &str) {
+    fn set_installed(&self, id: &DeploymentId) {
         let Some(applied) = self.applied.get(id) else {
             return;
         };

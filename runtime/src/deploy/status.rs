@@ -1,6 +1,7 @@
 //! What the reconciler did with each deployment, for the admin endpoints (and, with a
 //! WFM, for status reports). States and their names follow the Margo deployment status.
 
+use crate::types::DeploymentId;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::RwLock;
@@ -20,7 +21,7 @@ pub enum DeploymentState {
 #[serde(rename_all = "camelCase")]
 pub struct DeploymentStatus {
     /// Deployment id, when the document got far enough to have one.
-    pub deployment_id: Option<String>,
+    pub deployment_id: Option<DeploymentId>,
     pub name: Option<String>,
     /// The YAML file (local mode) the deployment came from.
     pub source: String,

@@ -15,7 +15,7 @@
 
 use crate::engine::AotCache;
 use crate::fsutil::{AtomicFile, StateDir, StateError};
-use crate::types::sha256_of;
+use crate::types::{sha256_of, DeploymentId};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
@@ -204,7 +204,7 @@ pub struct Pin {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AppliedRecord {
-    pub id: String,
+    pub id: DeploymentId,
     /// Where the document came from (file path in local mode).
     pub source: String,
     pub base_dir: PathBuf,
@@ -248,7 +248,7 @@ impl AppliedStore {
         let mut records = Vec::new();
         for key in keys {
             match self.dir.get_json::<AppliedRecord>(&key) {
-                Ok(Some(record)) if record.id == key => records.push(record),
+                Ok(Some(record)) if record.id == key.as_str() => records.push(record),
                 Ok(Some(_)) | Ok(None) => {}
                 Err(err) => {
                     tracing::warn!(error = %err, "discarding an unreadable applied-deployment record");
@@ -461,7 +461,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = AppliedStore::open(dir.path().join("deployments")).unwrap();
         let record = AppliedRecord {
-            id: "11111111-1111-4111-8111-111111111111".into(),
+            id: DeploymentId::parse("11111111-1111-4111-8111-111111111111").unwrap(),
             source: "/d/a.yaml".into(),
             base_dir: "/d".into(),
             yaml: "id: x".into(),
@@ -480,7 +480,7 @@ mod tests {
         let loaded = store.load_all();
         assert_eq!(loaded.len(), 1);
         assert_eq!(loaded[0].pins, record.pins);
-        let path = dir.path().join("deployments").join(&record.id);
+        let path = dir.path().join("deployments").join(record.id.as_str());
         let mut raw = std::fs::read(&path).unwrap();
         let n = raw.len();
         raw[n - 3] ^= 1;

@@ -10,8 +10,8 @@ use super::settings::{Profile, WfmSettings};
 use super::state::{Accepted, SyncState};
 use super::transport::{Transport, TransportError};
 use super::types::{
-    ComponentReport, Digest, ErrorReport, ManifestVersion, Problem, ProblemClass, StateManifest,
-    StatusBody, StatusReport, BUNDLE_MEDIA_TYPE, MANIFEST_MEDIA_TYPE,
+    ComponentReport, DeploymentId, Digest, ErrorReport, ManifestVersion, Problem, ProblemClass,
+    StateManifest, StatusBody, StatusReport, BUNDLE_MEDIA_TYPE, MANIFEST_MEDIA_TYPE,
 };
 use crate::deploy::status::{CapabilityReport, DeploymentStatus, StatusError, WfmSync};
 use crate::deploy::{DesiredDeployment, Reconciler};
@@ -539,11 +539,13 @@ impl WfmClient {
         };
         let mut desired = Vec::new();
         for (id, digest) in &accepted.deployments {
-            let Ok(digest) = Digest::parse(digest) else {
+            // Both were valid when accepted; a record that no longer parses is skipped
+            // like a document that is gone, and the next manifest is fetched whole.
+            let (Ok(id), Ok(digest)) = (DeploymentId::parse(id), Digest::parse(digest)) else {
                 continue;
             };
             if let Some(yaml) = self.state.document(&digest).await {
-                desired.push(self.desired(id, yaml));
+                desired.push(self.desired(&id, yaml));
             }
         }
         desired
@@ -572,7 +574,7 @@ impl WfmClient {
         records
             .into_iter()
             .filter_map(|record| {
-                let id = record.source.strip_prefix(SOURCE_PREFIX)?.to_owned();
+                let id = DeploymentId::parse(record.source.strip_prefix(SOURCE_PREFIX)?).ok()?;
                 Some(self.desired(&id, record.yaml.into_bytes()))
             })
             .collect()
@@ -625,13 +627,13 @@ impl WfmClient {
         }
     }
 
-    fn desired(&self, id: &str, yaml: Vec<u8>) -> DesiredDeployment {
+    fn desired(&self, id: &DeploymentId, yaml: Vec<u8>) -> DesiredDeployment {
         DesiredDeployment {
             source: format!("{SOURCE_PREFIX}{id}"),
             base_dir: self.state_dir.clone(),
             yaml,
             // The manifest's deploymentId; a YAML declaring another fails alone.
-            expected_id: Some(id.to_owned()),
+            expected_id: Some(id.clone()),
             refused: None,
         }
     }
@@ -810,9 +812,10 @@ impl WfmClient {
 
     /// The Margo status report for a board entry of a WFM deployment.
     fn report_for(&self, status: &DeploymentStatus) -> Option<StatusReport> {
-        let id = status.source.strip_prefix(SOURCE_PREFIX)?.to_owned();
+        // Every WFM source is built from a manifest's `DeploymentId`.
+        let id = DeploymentId::parse(status.source.strip_prefix(SOURCE_PREFIX)?).ok()?;
         let gateway = &self.identity.id;
-        let name = status.name.clone().unwrap_or_else(|| id.clone());
+        let name = status.name.clone().unwrap_or_else(|| id.to_string());
         let error_report = |e: &StatusError, own_source: &str| ErrorReport {
             code: e.code.clone(),
             // Reserved gateway codes come from the gateway itself.
@@ -963,7 +966,7 @@ impl WfmClient {
                 etag,
                 deployments: documents
                     .iter()
-                    .map(|(id, (d, _))| (id.clone(), d.to_string()))
+                    .map(|(id, (d, _))| (id.to_string(), d.to_string()))
                     .collect(),
             })
             .await
@@ -976,7 +979,7 @@ impl WfmClient {
     async fn fetch_documents(
         &mut self,
         manifest: &StateManifest,
-    ) -> Result<BTreeMap<String, (Digest, Vec<u8>)>, CycleError> {
+    ) -> Result<BTreeMap<DeploymentId, (Digest, Vec<u8>)>, CycleError> {
         let mut documents = BTreeMap::new();
         let mut missing = Vec::new();
         for d in &manifest.deployments {

@@ -11,7 +11,7 @@
 //! repeated report.
 
 use super::state::{load_advisory, quarantine};
-use super::types::StatusReport;
+use super::types::{DeploymentId, StatusReport};
 use crate::fsutil::{StateDir, StateError};
 use crate::telemetry::WfmMetrics;
 use std::collections::{BTreeMap, BTreeSet};
@@ -28,7 +28,7 @@ pub struct Outbox {
     store: StateDir,
     next: u64,
     /// The last report made (queued or delivered) per deployment id.
-    last: BTreeMap<String, StatusReport>,
+    last: BTreeMap<DeploymentId, StatusReport>,
     /// Queued reports, kept in memory so that `/status` and metrics never read the disk.
     depth: usize,
     /// Entries that could not be read nor moved aside: logged and counted once each.
@@ -123,7 +123,7 @@ impl Outbox {
                     "converted queued status reports into checksummed records"
                 );
             }
-            let last: BTreeMap<String, StatusReport> =
+            let last: BTreeMap<DeploymentId, StatusReport> =
                 load_advisory(store, "last-reported.json", LAST, "last-reported", &opened);
             let scan = scan(store, &BTreeSet::new(), &opened)?;
             // Past every key seen, moved-aside and stuck ones included, so that a new
@@ -216,7 +216,7 @@ mod tests {
 
     fn report(id: &str, state: &str) -> StatusReport {
         StatusReport {
-            deployment_id: id.into(),
+            deployment_id: DeploymentId::parse(id).unwrap(),
             device_id: None,
             adopted_manifest_version: crate::types::ManifestVersion::of_manifest(1).unwrap(),
             status: StatusBody {

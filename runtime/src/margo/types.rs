@@ -1,8 +1,8 @@
 //! Margo Management Interface documents as typed values. Incoming documents are parsed
-//! at the edge into types that only hold valid values (`Digest`, `ManifestVersion`);
+//! at the edge into types that only hold valid values (`Digest`, `DeploymentId`, `ManifestVersion`);
 //! outgoing ones serialize exactly the rc.3 shapes.
 
-pub use crate::types::{Digest, DigestError, ManifestVersion};
+pub use crate::types::{DeploymentId, Digest, DigestError, ManifestVersion};
 use serde::{Deserialize, Serialize};
 
 /// Media type of the state manifest.
@@ -19,7 +19,7 @@ pub struct BundleRef {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeploymentRef {
-    pub deployment_id: String,
+    pub deployment_id: DeploymentId,
     pub digest: Digest,
     pub url: String,
 }
@@ -105,6 +105,8 @@ impl StateManifest {
                     .deployment_id
                     .filter(|s| !s.is_empty())
                     .ok_or_else(|| manifest_err(at("deploymentId"), "missing"))?;
+                let deployment_id = DeploymentId::parse(&deployment_id)
+                    .map_err(|e| manifest_err(at("deploymentId"), e.to_string()))?;
                 let digest = r
                     .digest
                     .ok_or_else(|| manifest_err(at("digest"), "missing"))?;
@@ -276,7 +278,7 @@ pub enum ProblemClass {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusReport {
-    pub deployment_id: String,
+    pub deployment_id: DeploymentId,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device_id: Option<String>,
     pub adopted_manifest_version: ManifestVersion,
@@ -369,6 +371,10 @@ mod tests {
             (ok.replace(BUNDLE_MEDIA_TYPE, "application/zip"), "bundle.mediaType"),
             (ok.replace("sha256:", "sha512:"), "digest"),
             (r#"{"manifestVersion": 3, "deployments": []}"#.to_string(), "bundle"),
+            // The id becomes a path segment of `deployments/{id}/status`.
+            (ok.replace("\"deploymentId\": \"a\"", "\"deploymentId\": \"..\""), "deployments[0].deploymentId"),
+            (ok.replace("\"deploymentId\": \"a\"", "\"deploymentId\": \"a/../../x\""), "deployments[0].deploymentId"),
+            (ok.replace("\"deploymentId\": \"a\"", "\"deploymentId\": \"a?b\""), "deployments[0].deploymentId"),
         ];
         for (text, field) in cases {
             let err = StateManifest::parse(text.as_bytes()).unwrap_err();

@@ -20,6 +20,7 @@ pub use state::InstanceState;
 
 use crate::sandbox::{MemoryDenial, Partition};
 use crate::telemetry::{FailureKind, WorkloadMetrics};
+use crate::types::DeploymentId;
 use state::GuestClock;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,7 +45,7 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<InstanceState>> {
 /// Everything about a workload that is decided at deploy time.
 #[derive(Debug, Clone)]
 pub struct WorkloadSpec {
-    pub deployment_id: String,
+    pub deployment_id: DeploymentId,
     pub deployment_name: String,
     pub component: String,
     pub partition: Arc<Partition>,

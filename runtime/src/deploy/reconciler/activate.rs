@@ -12,6 +12,7 @@ use crate::deploy::store::Pin;
 use crate::sandbox::Partition;
 use crate::telemetry::Metrics;
 use crate::trigger::TimerHandle;
+use crate::types::{DeploymentId, PartitionId};
 use crate::units::ByteSize;
 use crate::workload::{Exports, InstanceState, Workload, WorkloadSpec};
 use std::collections::BTreeMap;
@@ -57,8 +58,8 @@ pub struct Host<'a> {
     pub device_id: &'a str,
     pub partitions: &'a [Arc<Partition>],
     /// Capabilities document per partition id, for `deviceConstraints`.
-    pub capabilities: &'a BTreeMap<String, serde_json::Value>,
-    pub applied: &'a BTreeMap<String, Applied>,
+    pub capabilities: &'a BTreeMap<PartitionId, serde_json::Value>,
+    pub applied: &'a BTreeMap<DeploymentId, Applied>,
     pub linker: &'a Linker<InstanceState>,
     pub metrics: &'a Metrics,
 }
@@ -75,26 +76,21 @@ pub fn activate(
     built: &Built,
 ) -> Result<Prepared, Failure> {
     let requirement = requirement(deployment);
-    let mut committed: BTreeMap<String, u64> = BTreeMap::new();
+    let mut committed: BTreeMap<PartitionId, u64> = BTreeMap::new();
     for (id, applied) in host.applied {
         // What runs in a partition that changed or left is placed again after this, in
         // source order; it holds no room in the new partitions yet.
         if id != &deployment.id && placed_in(&applied.partition, host.partitions) {
-            *committed
-                .entry(applied.partition.id.to_string())
-                .or_default() += applied.memory;
+            *committed.entry(applied.partition.id.clone()).or_default() += applied.memory;
         }
     }
-    let eligible = |p: &Partition| match host.capabilities.get(p.id.as_str()) {
+    let eligible = |p: &Partition| match host.capabilities.get(&p.id) {
         Some(doc) => {
             eligibility::check(deployment.device_constraints.as_ref(), doc).map_err(|e| e.0)
         }
         None => Ok(()),
     };
-    let current = host
-        .applied
-        .get(&deployment.id)
-        .map(|a| a.partition.id.as_str());
+    let current = host.applied.get(&deployment.id).map(|a| &a.partition.id);
     let partition = place_keeping(
         current,
         deployment.device_id.as_deref(),

@@ -7,6 +7,7 @@ use super::report::Failure;
 use super::DesiredDeployment;
 use crate::deploy::model::{directed_target, Deployment, Outline};
 use crate::deploy::placement::Requirement;
+use crate::types::DeploymentId;
 use crate::units::ByteSize;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 /// A deployment that runs now, as planning sees it.
 #[derive(Debug, Clone)]
 pub struct Running {
-    pub id: String,
+    pub id: DeploymentId,
     pub source: String,
     pub outline: Outline,
     pub partition: String,
@@ -37,14 +38,17 @@ pub struct Plan {
     pub wanted: Vec<(DesiredDeployment, Deployment)>,
     pub rejected: Vec<Rejected>,
     /// Running deployments whose document no longer parses: they keep serving.
-    pub kept: BTreeSet<String>,
+    pub kept: BTreeSet<DeploymentId>,
     /// Every source of this pass, valid or not.
     pub sources: BTreeSet<String>,
 }
 
 impl Plan {
     /// Running deployments that leave: neither wanted nor kept.
-    pub fn gone<'a>(&self, running: impl IntoIterator<Item = &'a String>) -> Vec<String> {
+    pub fn gone<'a>(
+        &self,
+        running: impl IntoIterator<Item = &'a DeploymentId>,
+    ) -> Vec<DeploymentId> {
         let wanted: BTreeSet<&str> = self.wanted.iter().map(|(_, d)| d.id.as_str()).collect();
         running
             .into_iter()
@@ -60,7 +64,7 @@ impl Plan {
 pub fn plan(mut desired: Vec<DesiredDeployment>, running: &[Running]) -> Plan {
     desired.sort_by(|a, b| a.source.cmp(&b.source));
     let mut plan = Plan::default();
-    let mut ids: BTreeMap<String, String> = BTreeMap::new();
+    let mut ids: BTreeMap<DeploymentId, String> = BTreeMap::new();
     for item in desired {
         plan.sources.insert(item.source.clone());
         let parsed = match &item.refused {
@@ -102,7 +106,7 @@ pub fn plan(mut desired: Vec<DesiredDeployment>, running: &[Running]) -> Plan {
             partition: None,
             failure: Failure::new(code, message),
         };
-        if let Some(expected) = item.expected_id.as_deref().filter(|e| *e != deployment.id) {
+        if let Some(expected) = item.expected_id.as_ref().filter(|e| **e != deployment.id) {
             let message = format!(
                 "id: the document declares {}, but it is listed as deployment {expected}",
                 deployment.id
@@ -290,12 +294,16 @@ mod tests {
     const A: &str = "11111111-1111-4111-8111-111111111111";
     const B: &str = "22222222-2222-4222-8222-222222222222";
 
+    fn did(id: &str) -> DeploymentId {
+        DeploymentId::parse(id).unwrap()
+    }
+
     fn running(id: &str, source: &str) -> Running {
         Running {
-            id: id.into(),
+            id: did(id),
             source: source.into(),
             outline: Outline {
-                id: Some(id.into()),
+                id: Some(did(id)),
                 ..Outline::default()
             },
             partition: "edge-01/apps".into(),
@@ -323,8 +331,8 @@ mod tests {
             vec![doc("a.yaml", &yaml(A, "a", "edge-01/apps", "/a", None))],
             &[running(A, "a.yaml"), running(B, "b.yaml")],
         );
-        let ids = [A.to_owned(), B.to_owned()];
-        assert_eq!(plan.gone(ids.iter()), [B.to_owned()]);
+        let ids = [did(A), did(B)];
+        assert_eq!(plan.gone(ids.iter()), [did(B)]);
     }
 
     #[test]
@@ -335,7 +343,7 @@ mod tests {
         );
         assert!(plan.wanted.is_empty());
         assert!(plan.kept.contains(A));
-        let ids = [A.to_owned()];
+        let ids = [did(A)];
         assert!(plan.gone(ids.iter()).is_empty());
         let rejected = &plan.rejected[0];
         assert_eq!(rejected.partition.as_deref(), Some("edge-01/apps"));
@@ -368,7 +376,7 @@ mod tests {
     #[test]
     fn a_listed_id_must_match() {
         let mut item = doc("wfm:x", &yaml(A, "a", "edge-01/apps", "/a", None));
-        item.expected_id = Some(B.into());
+        item.expected_id = Some(did(B));
         let plan = plan(vec![item], &[]);
         assert!(plan.wanted.is_empty());
         assert_eq!(plan.rejected[0].failure.code, "wasmgate.id-mismatch");

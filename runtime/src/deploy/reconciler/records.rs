@@ -9,6 +9,7 @@
 use super::DesiredDeployment;
 use crate::deploy::model::Deployment;
 use crate::deploy::store::{document_digest, AppliedRecord, AppliedStore, Pin};
+use crate::types::DeploymentId;
 use std::collections::BTreeMap;
 use std::sync::mpsc;
 use std::time::SystemTime;
@@ -18,12 +19,12 @@ pub struct Records {
     /// `None` keeps nothing (embedders and benchmarks without a state directory).
     store: Option<(AppliedStore, Writer)>,
     /// The records as last written (or read at start-up), by deployment id.
-    persisted: BTreeMap<String, AppliedRecord>,
+    persisted: BTreeMap<DeploymentId, AppliedRecord>,
 }
 
 enum Write {
     Save(Box<AppliedRecord>),
-    Remove(String),
+    Remove(DeploymentId),
     Flush(tokio::sync::oneshot::Sender<()>),
 }
 
@@ -122,7 +123,7 @@ impl Records {
     }
 
     /// The pins recorded for `id` when its document is still `yaml_digest`.
-    pub fn pins(&self, id: &str, yaml_digest: &str) -> Option<&[Pin]> {
+    pub fn pins(&self, id: &DeploymentId, yaml_digest: &str) -> Option<&[Pin]> {
         self.persisted
             .get(id)
             .filter(|r| r.yaml_digest == yaml_digest)
@@ -134,7 +135,13 @@ impl Records {
     }
 
     /// Writes the record of an installed deployment (its document and pins).
-    pub fn save(&mut self, item: &DesiredDeployment, id: &str, yaml_digest: &str, pins: &[Pin]) {
+    pub fn save(
+        &mut self,
+        item: &DesiredDeployment,
+        id: &DeploymentId,
+        yaml_digest: &str,
+        pins: &[Pin],
+    ) {
         let Some((_, writer)) = &self.store else {
             return;
         };
@@ -142,7 +149,7 @@ impl Records {
             return;
         };
         let record = AppliedRecord {
-            id: id.to_owned(),
+            id: id.clone(),
             source: item.source.clone(),
             base_dir: item.base_dir.clone(),
             yaml,
@@ -154,21 +161,21 @@ impl Records {
                 .unwrap_or(0),
         };
         writer.send(Write::Save(Box::new(record.clone())));
-        self.persisted.insert(id.to_owned(), record);
+        self.persisted.insert(id.clone(), record);
     }
 
-    pub fn remove(&mut self, id: &str) {
+    pub fn remove(&mut self, id: &DeploymentId) {
         let Some((_, writer)) = &self.store else {
             return;
         };
         if self.persisted.remove(id).is_some() {
-            writer.send(Write::Remove(id.to_owned()));
+            writer.send(Write::Remove(id.clone()));
         }
     }
 
     /// Drops the records of deployments that no longer run.
-    pub fn sync(&mut self, runs: impl Fn(&str) -> bool) {
-        let gone: Vec<String> = self
+    pub fn sync(&mut self, runs: impl Fn(&DeploymentId) -> bool) {
+        let gone: Vec<DeploymentId> = self
             .persisted
             .keys()
             .filter(|id| !runs(id))
