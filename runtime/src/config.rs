@@ -429,6 +429,7 @@ mod tests {
     fn errors_name_the_field() {
         let cases = [
             ("[[partition]]\nid = \"a/b\"\ncpu = 1\nmemory = \"1Gi\"\nstorage = \"1Gi\"", "id"),
+            ("[[partition]]\nid = \"..\"\ncpu = 1\nmemory = \"1Gi\"\nstorage = \"1Gi\"", "not '.' or '..'"),
             ("[[partition]]\nid = \"a\"\ncpu = 0\nmemory = \"1Gi\"\nstorage = \"1Gi\"", "cpu"),
             ("[[partition]]\nid = \"a\"\ncpu = 1\nmemory = \"lots\"\nstorage = \"1Gi\"", "128Mi"),
             ("[http]\nlisten = \"nowhere\"", "listen"),
