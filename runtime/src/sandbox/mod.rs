@@ -195,11 +195,18 @@ impl Partition {
             partition: self.device_id.to_string(),
             limit: self.config.concurrency(),
         };
+        let slot = |permit| Slot {
+            _permit: permit,
+            storage: self.storage.clone(),
+        };
+        // A free slot is the common case: take it without arming a queue timer.
+        match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => return Ok(slot(permit)),
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(busy()),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {}
+        }
         match tokio::time::timeout(wait, self.slots.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => Ok(Slot {
-                _permit: permit,
-                storage: self.storage.clone(),
-            }),
+            Ok(Ok(permit)) => Ok(slot(permit)),
             _ => Err(busy()),
         }
     }
@@ -272,4 +279,42 @@ fn dir_size(path: &Path) -> u64 {
             _ => 0,
         })
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{DeviceId, PartitionId};
+
+    #[tokio::test]
+    async fn admission_takes_a_free_slot_at_once_and_queues_in_order_when_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings =
+            PartitionSettings::new(PartitionId::parse("apps").unwrap(), 1.0, 64 << 20, 1 << 20);
+        settings.concurrency = Some(1);
+        let device = DeviceId::parse("edge-01").unwrap();
+        let partition = Partition::open(&device, &settings, dir.path()).unwrap();
+
+        let first = partition.admit_within(Duration::ZERO).await.unwrap();
+        assert_eq!(partition.active_instances(), 1);
+        let err = partition
+            .admit_within(Duration::from_millis(20))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("edge-01/apps"), "{err}");
+
+        // A queued request gets the slot when it frees; a later one cannot jump it.
+        let queued = {
+            let partition = partition.clone();
+            tokio::spawn(async move { partition.admit_within(Duration::from_secs(5)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(first);
+        assert!(partition.admit_within(Duration::ZERO).await.is_err());
+        let second = queued.await.unwrap().unwrap();
+        assert_eq!(partition.active_instances(), 1);
+        drop(second);
+        assert_eq!(partition.active_instances(), 0);
+        partition.admit_within(Duration::ZERO).await.unwrap();
+    }
 }

@@ -132,6 +132,8 @@ pub struct Workload {
     pub metrics: WorkloadMetrics,
     /// The platform imports, configured once; every instance clones its part.
     platform: Platform,
+    /// The `outbound` allow-list, parsed once.
+    outbound: OutboundPolicy,
 }
 
 impl std::fmt::Debug for Workload {
@@ -208,6 +210,7 @@ impl Workload {
             config: spec.config.clone(),
             kv: Some(&spec.partition.kv),
         });
+        let outbound = OutboundPolicy::new(&spec.outbound);
         Ok(Self {
             spec,
             pre,
@@ -215,6 +218,7 @@ impl Workload {
             event,
             metrics: WorkloadMetrics::detached(),
             platform,
+            outbound,
         })
     }
 
@@ -258,7 +262,7 @@ impl Workload {
             table: ResourceTable::new(),
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
-            outbound: OutboundPolicy::new(spec.outbound.clone()),
+            outbound: self.outbound.clone(),
             wasmgate: self.platform.instance(),
             limiter: crate::sandbox::InstanceLimiter::new(
                 spec.memory_limit,

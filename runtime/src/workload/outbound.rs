@@ -7,28 +7,59 @@ use std::sync::Arc;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 /// Destinations a component may call: `host`, `host:port` or `*.domain` (any port).
+/// The rules are parsed once per workload; each instance holds an `Arc` of them.
 #[derive(Debug, Clone, Default)]
 pub struct OutboundPolicy {
-    allowed: Arc<[String]>,
+    allowed: Arc<[Rule]>,
+}
+
+/// One allow-list entry, lowercased.
+#[derive(Debug, Clone, PartialEq)]
+enum Rule {
+    /// `*.domain`: stored as `.domain`, matched as a suffix on any port.
+    Suffix(String),
+    HostPort(String, u16),
+    /// A bare host, or text that is not `host:port` (compared whole, on any port).
+    Host(String),
+}
+
+impl Rule {
+    fn parse(text: &str) -> Self {
+        let text = text.to_ascii_lowercase();
+        if let Some(suffix) = text.strip_prefix("*.") {
+            return Self::Suffix(format!(".{suffix}"));
+        }
+        match text.rsplit_once(':') {
+            Some((host, port)) => match port.parse::<u16>() {
+                Ok(port) => Self::HostPort(host.to_owned(), port),
+                Err(_) => Self::Host(text),
+            },
+            None => Self::Host(text),
+        }
+    }
+
+    fn allows(&self, host: &str, port: u16) -> bool {
+        match self {
+            Self::Suffix(suffix) => {
+                host.len() > suffix.len()
+                    && host.is_char_boundary(host.len() - suffix.len())
+                    && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+            }
+            Self::HostPort(h, p) => *p == port && host.eq_ignore_ascii_case(h),
+            Self::Host(h) => host.eq_ignore_ascii_case(h),
+        }
+    }
 }
 
 impl OutboundPolicy {
-    pub fn new(allowed: Arc<[String]>) -> Self {
-        Self { allowed }
+    pub fn new(allowed: &[String]) -> Self {
+        Self {
+            allowed: allowed.iter().map(|rule| Rule::parse(rule)).collect(),
+        }
     }
 
     pub fn allows(&self, host: &str, port: u16) -> bool {
-        let host = host.to_ascii_lowercase();
-        self.allowed.iter().any(|rule| {
-            let rule = rule.to_ascii_lowercase();
-            if let Some(suffix) = rule.strip_prefix("*.") {
-                return host.ends_with(&format!(".{suffix}"));
-            }
-            match rule.rsplit_once(':') {
-                Some((h, p)) if p.parse::<u16>().is_ok() => h == host && p.parse() == Ok(port),
-                _ => rule == host,
-            }
-        })
+        self.allowed.iter().any(|rule| rule.allows(host, port))
     }
 }
 
@@ -75,14 +106,12 @@ mod tests {
 
     #[test]
     fn allow_list_rules() {
-        let policy = OutboundPolicy::new(
-            vec![
-                "api.example.com".into(),
-                "127.0.0.1:9000".into(),
-                "*.acme.io".into(),
-            ]
-            .into(),
-        );
+        let policy = OutboundPolicy::new(&[
+            "api.example.com".into(),
+            "127.0.0.1:9000".into(),
+            "*.ACME.io".into(),
+            "[::1]:8080".into(),
+        ]);
         assert!(policy.allows("api.example.com", 443));
         assert!(policy.allows("API.example.com", 80));
         assert!(policy.allows("127.0.0.1", 9000));
@@ -90,6 +119,12 @@ mod tests {
         assert!(policy.allows("x.acme.io", 1));
         assert!(!policy.allows("acme.io", 1));
         assert!(!policy.allows("evil.com", 443));
+        assert!(policy.allows("X.Acme.IO", 443));
+        assert!(!policy.allows("xacme.io", 443));
+        assert!(policy.allows("[::1]", 8080));
+        assert!(!policy.allows("[::1]", 8081));
+        // Multi-byte text never splits inside a character.
+        assert!(!policy.allows("\u{e9}acme.io", 1));
         assert!(!OutboundPolicy::default().allows("api.example.com", 443));
     }
 }
