@@ -15,10 +15,17 @@
 //!
 //! Entries are written atomically (temp file, fsync, rename), so a crash leaves either
 //! a complete entry or none.
+//!
+//! A component loaded once stays in the process's table of loaded components until
+//! garbage collection finds nothing referencing its digest: the same bytes deployed N
+//! times share one `Component` (one mapping of the code, one set of type tables), and
+//! an entry's checksum is verified once per process, not on every install.
 
 use crate::telemetry::AotMetrics;
 use crate::types::{is_sha256_hex, sha256_of};
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 use wasmtime::component::Component;
 use wasmtime::Engine;
@@ -66,6 +73,8 @@ pub struct AotCache {
     dir: PathBuf,
     fingerprint: String,
     metrics: AotMetrics,
+    /// Components loaded by this process, by component sha256 (hex).
+    loaded: Arc<Mutex<HashMap<String, Component>>>,
 }
 
 /// Where a component came from, for logs and benchmarks.
@@ -75,6 +84,8 @@ pub enum AotOutcome {
     Compiled,
     /// From a precompiled file shipped with the component.
     Precompiled,
+    /// Already loaded by this process (the same bytes are deployed more than once).
+    Shared,
 }
 
 /// One file of the cache, as seen by garbage collection.
@@ -128,6 +139,7 @@ impl AotCache {
             dir,
             fingerprint,
             metrics: AotMetrics::default(),
+            loaded: Arc::default(),
         }
     }
 
@@ -165,10 +177,43 @@ impl AotCache {
         bytes: &[u8],
     ) -> Result<(Component, AotOutcome), AotError> {
         let digest = sha256_of(bytes);
-        if let Some(component) = self.lookup(engine, &digest) {
-            return Ok((component, AotOutcome::Loaded));
+        if let Some(component) = self.shared(&digest) {
+            return Ok((component, AotOutcome::Shared));
         }
-        self.compile(engine, bytes, digest)
+        if let Some(component) = self.lookup(engine, &digest) {
+            return Ok((self.keep(digest, component), AotOutcome::Loaded));
+        }
+        let (component, outcome) = self.compile(engine, bytes, digest.clone())?;
+        Ok((self.keep(digest, component), outcome))
+    }
+
+    fn loaded(&self) -> std::sync::MutexGuard<'_, HashMap<String, Component>> {
+        self.loaded.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The component `digest_hex` if this process has loaded it already.
+    fn shared(&self, digest_hex: &str) -> Option<Component> {
+        let component = self.loaded().get(digest_hex).cloned()?;
+        self.metrics.hit();
+        Some(component)
+    }
+
+    /// Remembers `component` for the next install of the same bytes. When two installs
+    /// of the same bytes raced, the first one kept wins, so both share it.
+    fn keep(&self, digest_hex: String, component: Component) -> Component {
+        self.loaded().entry(digest_hex).or_insert(component).clone()
+    }
+
+    /// Forgets loaded components whose digest is not in `referenced` (hex), so their
+    /// code is unmapped once the last workload using them is gone.
+    pub fn retain_loaded(&self, referenced: &BTreeSet<String>) {
+        self.loaded()
+            .retain(|digest, _| referenced.contains(digest));
+    }
+
+    /// How many distinct components this process holds loaded.
+    pub fn loaded_count(&self) -> usize {
+        self.loaded().len()
     }
 
     /// The compiled form of `bytes` for `engine`: from `shipped` when given (which must
@@ -188,8 +233,13 @@ impl AotCache {
             source,
         };
         let digest = sha256_of(bytes);
+        // Verified even when the bytes are loaded already: a damaged or altered file
+        // shipped with a deployment refuses it whatever else runs.
         let code =
             super::precompiled::verify(shipped.bytes, &digest, &engine.profile).map_err(refused)?;
+        if let Some(component) = self.shared(&digest) {
+            return Ok((component, AotOutcome::Shared));
+        }
         // SAFETY: `code` carries the sha256 recorded when `wasmgate compile` produced it
         // (checked by `verify`), for this component and an engine of this engine's code
         // profile; wasmtime re-checks its own header, version and CPU features. The
@@ -204,7 +254,7 @@ impl AotCache {
                 tracing::warn!(error = %err, "cannot write AOT cache entry");
             }
         }
-        Ok((component, AotOutcome::Precompiled))
+        Ok((self.keep(digest, component), AotOutcome::Precompiled))
     }
 
     /// The cache entry holding exactly `code` for the component `digest_hex`, if any.
@@ -346,14 +396,17 @@ mod tests {
         let engine = Engine::new(wasmtime::Config::new().wasm_component_model(true)).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let metrics = AotMetrics::default();
-        let cache = AotCache::new(&engine, dir.path().join("aot")).with_metrics(metrics.clone());
+        // A new cache on the same directory stands for the next process.
+        let process =
+            || AotCache::new(&engine, dir.path().join("aot")).with_metrics(metrics.clone());
         // The smallest component: the header alone.
         let bytes = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00];
-        let (_, outcome) = cache.load_or_compile(&engine, &bytes).unwrap();
+        let (_, outcome) = process().load_or_compile(&engine, &bytes).unwrap();
         assert_eq!(outcome, AotOutcome::Compiled);
-        let (_, outcome) = cache.load_or_compile(&engine, &bytes).unwrap();
+        let (_, outcome) = process().load_or_compile(&engine, &bytes).unwrap();
         assert_eq!(outcome, AotOutcome::Loaded);
         assert_eq!((metrics.hits(), metrics.misses()), (1, 1));
+        let cache = process();
         let entries = cache.entries();
         assert_eq!(entries.len(), 1);
         assert!(entries[0].current_engine);
@@ -368,12 +421,41 @@ mod tests {
         let mid = raw.len() / 2;
         raw[mid] ^= 0xff;
         std::fs::write(path, &raw).unwrap();
-        let (_, outcome) = cache.load_or_compile(&engine, &bytes).unwrap();
+        let (_, outcome) = process().load_or_compile(&engine, &bytes).unwrap();
         assert_eq!(outcome, AotOutcome::Compiled);
         let entries = cache.entries();
         assert_eq!(entries.len(), 1);
-        let (_, outcome) = cache.load_or_compile(&engine, &bytes).unwrap();
+        let (_, outcome) = process().load_or_compile(&engine, &bytes).unwrap();
         assert_eq!(outcome, AotOutcome::Loaded);
+    }
+
+    #[test]
+    fn the_same_bytes_are_loaded_once_per_process_until_nothing_references_them() {
+        let engine = Engine::new(wasmtime::Config::new().wasm_component_model(true)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = AotMetrics::default();
+        let cache = AotCache::new(&engine, dir.path().join("aot")).with_metrics(metrics.clone());
+        let bytes = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00];
+        let (_, outcome) = cache.load_or_compile(&engine, &bytes).unwrap();
+        assert_eq!(outcome, AotOutcome::Compiled);
+        // Damage on disk no longer matters to this process: the code is mapped already.
+        let entry = cache.entries().remove(0);
+        std::fs::write(&entry.path, b"not code").unwrap();
+        for _ in 0..3 {
+            let (_, outcome) = cache.load_or_compile(&engine, &bytes).unwrap();
+            assert_eq!(outcome, AotOutcome::Shared);
+        }
+        assert_eq!((metrics.hits(), metrics.misses()), (3, 1));
+        assert_eq!(cache.loaded_count(), 1);
+
+        let digest = sha256_of(bytes);
+        cache.retain_loaded(&BTreeSet::from([digest]));
+        assert_eq!(cache.loaded_count(), 1);
+        cache.retain_loaded(&BTreeSet::new());
+        assert_eq!(cache.loaded_count(), 0);
+        // Forgotten: the next install reads the disk again, finds the damage, recompiles.
+        let (_, outcome) = cache.load_or_compile(&engine, &bytes).unwrap();
+        assert_eq!(outcome, AotOutcome::Compiled);
     }
 }
 
@@ -438,14 +520,26 @@ mod shipped_tests {
             .unwrap();
         assert_eq!(outcome, AotOutcome::Precompiled);
         assert_eq!(cache.entries().len(), 1);
-        // Without the file (a restore from the blob store): from the cache, not compiled.
-        let (_, outcome) = cache.load_component(&engine, &COMPONENT, None).unwrap();
+        // Without the file, in the next process (a restore from the blob store): from
+        // the cache, not compiled.
+        let restarted = engine.aot_cache(dir.path()).with_metrics(metrics.clone());
+        let (_, outcome) = restarted.load_component(&engine, &COMPONENT, None).unwrap();
         assert_eq!(outcome, AotOutcome::Loaded);
         assert_eq!((metrics.hits(), metrics.misses()), (2, 0));
-        // Loading the same file again does not add a second entry.
-        cache
+        // Loading the same file again shares the loaded code, adds no second entry.
+        let (_, outcome) = cache
             .load_component(&engine, &COMPONENT, Some(shipped))
             .unwrap();
+        assert_eq!(outcome, AotOutcome::Shared);
         assert_eq!(cache.entries().len(), 1);
+        // A damaged file is refused even though the code it claims is loaded.
+        let shipped = Shipped {
+            path,
+            bytes: &tampered,
+        };
+        let err = cache
+            .load_component(&engine, &COMPONENT, Some(shipped))
+            .unwrap_err();
+        assert_eq!(err.code(), "wasmgate.precompiled");
     }
 }

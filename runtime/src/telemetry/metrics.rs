@@ -121,7 +121,7 @@ impl Metrics {
         );
         r.register(
             "wasmgate_aot_cache_hits",
-            "Components mapped from the AOT cache",
+            "Components found compiled: mapped from the AOT cache or already loaded by this process",
             aot.hits.clone(),
         );
         r.register(

@@ -1,4 +1,5 @@
-//! Garbage collection of the artifact store and the AOT cache, and the cache quota
+//! Garbage collection of the artifact store, the AOT cache and the table of loaded
+//! components, and the cache quota
 //! checked before new artifacts are stored. Installs run concurrently, so what they
 //! are about to use counts as referenced until they finish or are abandoned.
 
@@ -132,6 +133,8 @@ impl Gc {
     /// grace period (sooner when over the quota). Returns when to look again, if
     /// unreferenced entries were kept for their grace period.
     pub async fn collect(&self) -> Option<Instant> {
+        // Loaded code nothing references is unmapped at once; files get a grace period.
+        self.aot.retain_loaded(&self.referenced());
         let blobs = self.blobs.clone()?;
         let _sweeping = self.sweeping.lock().await;
         let (aot, policy, referenced) = (self.aot.clone(), self.policy, self.referenced());

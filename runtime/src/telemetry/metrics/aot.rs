@@ -24,7 +24,7 @@ impl Default for AotMetrics {
 }
 
 impl AotMetrics {
-    /// A component mapped from an intact cache entry.
+    /// A component mapped from an intact cache entry, or already loaded.
     pub fn hit(&self) {
         self.hits.inc();
     }
