@@ -1,0 +1,158 @@
+//! `x-wasmgate-extensions`, the part of a component Margo leaves to the runtime:
+//! triggers, limits, the data dir and outbound hosts.
+
+use super::error::{model_err, preview, ModelError};
+use super::rules::is_route;
+use crate::trigger::{HttpRoute, TimerSchedule};
+use crate::units::{ByteSize, HumanDuration};
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// `x-wasmgate-extensions` of a component.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct WasmgateExtensions {
+    pub http: Option<HttpRoute>,
+    pub timer: Option<TimerSchedule>,
+    pub memory: Option<u64>,
+    pub timeout: Option<Duration>,
+    pub data_dir: bool,
+    pub outbound: Vec<String>,
+}
+
+/// Shortest timer period accepted: faster timers are a busy loop in disguise.
+pub const MIN_TIMER_PERIOD: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct RawExtensions {
+    trigger: Option<BTreeMap<String, Value>>,
+    limits: Option<Value>,
+    #[serde(default)]
+    data_dir: bool,
+    #[serde(default)]
+    outbound: Vec<String>,
+    #[serde(flatten)]
+    other: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct RawLimits {
+    memory: Option<ByteSize>,
+    timeout: Option<HumanDuration>,
+    #[serde(flatten)]
+    other: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawHttpTrigger {
+    route: String,
+    host: Option<String>,
+    #[serde(flatten)]
+    other: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawTimerTrigger {
+    every: HumanDuration,
+    #[serde(flatten)]
+    other: BTreeMap<String, Value>,
+}
+
+/// Unknown fields are ignored, never fatal (Margo extensibility rule), but a typo
+/// deserves a line in the log.
+fn warn_unknown(at: &str, other: &BTreeMap<String, Value>) {
+    for key in other.keys() {
+        tracing::warn!(field = %format!("{at}.{key}"), "ignoring unknown field");
+    }
+}
+
+pub(super) fn parse_extensions(at: &str, value: Value) -> Result<WasmgateExtensions, ModelError> {
+    let raw: RawExtensions =
+        serde_json::from_value(value).map_err(|e| model_err(at, e.to_string()))?;
+    warn_unknown(at, &raw.other);
+    let limits: RawLimits = match raw.limits {
+        None => RawLimits::default(),
+        Some(value) => serde_json::from_value(value)
+            .map_err(|e| model_err(format!("{at}.limits"), e.to_string()))?,
+    };
+    warn_unknown(&format!("{at}.limits"), &limits.other);
+    let mut ext = WasmgateExtensions {
+        memory: limits.memory.map(|b| b.0),
+        timeout: limits.timeout.map(|d| d.0),
+        data_dir: raw.data_dir,
+        outbound: raw.outbound,
+        ..Default::default()
+    };
+    let triggers = raw.trigger.filter(|t| !t.is_empty()).ok_or_else(|| {
+        model_err(
+            format!("{at}.trigger"),
+            "missing; expected `http: {route: /path}` and/or `timer: {every: 10s}`",
+        )
+    })?;
+    for (kind, spec) in triggers {
+        let field = format!("{at}.trigger.{kind}");
+        match kind.as_str() {
+            "http" => {
+                let http: RawHttpTrigger =
+                    serde_json::from_value(spec).map_err(|e| model_err(&field, e.to_string()))?;
+                warn_unknown(&field, &http.other);
+                if !is_route(&http.route) {
+                    return Err(model_err(
+                        format!("{field}.route"),
+                        format!(
+                            "{}: expected a path starting with / (URL path characters only)",
+                            preview(&http.route)
+                        ),
+                    ));
+                }
+                if let Some(host) = http
+                    .host
+                    .as_deref()
+                    .filter(|h| !crate::names::is_dns_name(h))
+                {
+                    return Err(model_err(
+                        format!("{field}.host"),
+                        format!(
+                            "{}: expected a DNS name (labels of letters, digits and '-', separated by '.'), without a port",
+                            preview(host)
+                        ),
+                    ));
+                }
+                ext.http = Some(HttpRoute {
+                    route: crate::trigger::normalize_prefix(&http.route),
+                    host: http.host.as_deref().map(crate::names::canonical_host),
+                });
+            }
+            "timer" => {
+                let timer: RawTimerTrigger =
+                    serde_json::from_value(spec).map_err(|e| model_err(&field, e.to_string()))?;
+                warn_unknown(&field, &timer.other);
+                if timer.every.0 < MIN_TIMER_PERIOD {
+                    return Err(model_err(
+                        format!("{field}.every"),
+                        format!("expected at least {MIN_TIMER_PERIOD:?}"),
+                    ));
+                }
+                ext.timer = Some(TimerSchedule {
+                    every: timer.every.0,
+                });
+            }
+            other => {
+                return Err(model_err(
+                    field,
+                    format!("unknown trigger kind {other:?}; expected `http` or `timer`"),
+                ))
+            }
+        }
+    }
+    if ext.timeout.is_some_and(|t| t.is_zero()) {
+        return Err(model_err(
+            format!("{at}.limits.timeout"),
+            "expected more than 0s",
+        ));
+    }
+    Ok(ext)
+}
