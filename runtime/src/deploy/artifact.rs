@@ -103,8 +103,9 @@ pub struct ShippedCode {
 #[derive(Debug, Clone)]
 pub struct Artifact {
     pub bytes: Arc<[u8]>,
-    /// `sha256:<hex>` of the bytes.
-    pub digest: String,
+    /// The sha256 of `bytes`: computed from them or checked against them when they
+    /// were read, so whoever holds an `Artifact` need not hash it again.
+    pub digest: crate::types::Digest,
     /// The local file it came from, or its place in the blob store.
     pub path: PathBuf,
     /// Whether `path` is a user's file whose changes are changes of desired state.
@@ -175,7 +176,7 @@ fn load_local_limited(
         });
     }
     let precompiled = load_shipped(repository, &path, limit)?;
-    let digest = crate::types::Digest::of(&bytes).to_string();
+    let digest = crate::types::Digest::of(&bytes);
     Ok(Artifact {
         bytes: bytes.into(),
         digest,
@@ -326,7 +327,7 @@ impl Artifacts {
                     component: component.name.clone(),
                     repository: component.repository.clone(),
                     revision: component.revision.clone(),
-                    digest: artifact.digest.clone(),
+                    digest: artifact.digest.to_string(),
                     manifest: None,
                     size: artifact.bytes.len() as u64,
                 },
@@ -443,9 +444,12 @@ impl Artifacts {
         let hex = hex.to_owned();
         tokio::task::spawn_blocking(move || {
             let bytes = blobs.load(&hex).map_err(|e| e.to_string())?;
+            // `load` checked the bytes against `hex`.
+            let digest =
+                crate::types::Digest::parse(&format!("sha256:{hex}")).map_err(|e| e.to_string())?;
             Ok(bytes.map(|bytes| Artifact {
                 bytes: bytes.into(),
-                digest: format!("sha256:{hex}"),
+                digest,
                 path: blobs.path(&hex),
                 watch: false,
                 precompiled: None,
@@ -508,7 +512,7 @@ mod tests {
         assert!(err.to_string().contains("missing.wasm"), "{err}");
         std::fs::write(base.join("c.wasm"), COMPONENT_HEADER).unwrap();
         let artifact = load_local("c.wasm", base).unwrap();
-        assert!(artifact.digest.starts_with("sha256:"));
+        assert!(artifact.digest.matches(&artifact.bytes));
         let err = load_local_limited("c.wasm", base, 4).unwrap_err();
         assert!(err.to_string().contains("limit is 4"), "{err}");
     }

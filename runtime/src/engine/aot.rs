@@ -176,7 +176,16 @@ impl AotCache {
         engine: &Engine,
         bytes: &[u8],
     ) -> Result<(Component, AotOutcome), AotError> {
-        let digest = sha256_of(bytes);
+        self.load_known(engine, bytes, sha256_of(bytes))
+    }
+
+    /// [`Self::load_or_compile`] of bytes whose sha256 (hex) is known.
+    fn load_known(
+        &self,
+        engine: &Engine,
+        bytes: &[u8],
+        digest: String,
+    ) -> Result<(Component, AotOutcome), AotError> {
         if let Some(component) = self.shared(&digest) {
             return Ok((component, AotOutcome::Shared));
         }
@@ -218,21 +227,25 @@ impl AotCache {
 
     /// The compiled form of `bytes` for `engine`: from `shipped` when given (which must
     /// verify against `bytes` and the engine, or the component is refused), else as
-    /// [`Self::load_or_compile`].
+    /// [`Self::load_or_compile`]. `digest` must be the sha256 of `bytes` as the caller
+    /// verified it (`deploy::Artifact` carries one): hashing 18 MB again costs more than
+    /// mapping the cached code.
     pub fn load_component(
         &self,
         engine: &super::WasmEngine,
         bytes: &[u8],
+        digest: &crate::types::Digest,
         shipped: Option<Shipped<'_>>,
     ) -> Result<(Component, AotOutcome), AotError> {
+        debug_assert!(digest.matches(bytes), "the digest is of other bytes");
+        let digest = digest.hex().to_owned();
         let Some(shipped) = shipped else {
-            return self.load_or_compile(&engine.engine, bytes);
+            return self.load_known(&engine.engine, bytes, digest);
         };
         let refused = |source| AotError::Precompiled {
             path: shipped.path.to_owned(),
             source,
         };
-        let digest = sha256_of(bytes);
         // Verified even when the bytes are loaded already: a damaged or altered file
         // shipped with a deployment refuses it whatever else runs.
         let code =
@@ -466,6 +479,10 @@ mod shipped_tests {
     /// The smallest component: the header alone.
     const COMPONENT: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00];
 
+    fn digest() -> crate::types::Digest {
+        crate::types::Digest::of(&COMPONENT)
+    }
+
     fn engine() -> WasmEngine {
         WasmEngine::on_demand(PoolSizing {
             instances: 1,
@@ -480,7 +497,9 @@ mod shipped_tests {
         let dir = tempfile::tempdir().unwrap();
         let engine = engine();
         let cache = engine.aot_cache(dir.path());
-        let err = cache.load_component(&engine, &COMPONENT, None).unwrap_err();
+        let err = cache
+            .load_component(&engine, &COMPONENT, &digest(), None)
+            .unwrap_err();
         assert_eq!(err.code(), "wasmgate.precompiled");
         assert!(err.to_string().contains("wasmgate compile"), "{err}");
     }
@@ -508,7 +527,7 @@ mod shipped_tests {
             bytes: &tampered,
         };
         let err = cache
-            .load_component(&engine, &COMPONENT, Some(shipped))
+            .load_component(&engine, &COMPONENT, &digest(), Some(shipped))
             .unwrap_err();
         assert_eq!(err.code(), "wasmgate.precompiled");
         assert!(err.to_string().contains("c.cwasm"), "{err}");
@@ -516,19 +535,21 @@ mod shipped_tests {
 
         let shipped = Shipped { path, bytes: &file };
         let (_, outcome) = cache
-            .load_component(&engine, &COMPONENT, Some(shipped))
+            .load_component(&engine, &COMPONENT, &digest(), Some(shipped))
             .unwrap();
         assert_eq!(outcome, AotOutcome::Precompiled);
         assert_eq!(cache.entries().len(), 1);
         // Without the file, in the next process (a restore from the blob store): from
         // the cache, not compiled.
         let restarted = engine.aot_cache(dir.path()).with_metrics(metrics.clone());
-        let (_, outcome) = restarted.load_component(&engine, &COMPONENT, None).unwrap();
+        let (_, outcome) = restarted
+            .load_component(&engine, &COMPONENT, &digest(), None)
+            .unwrap();
         assert_eq!(outcome, AotOutcome::Loaded);
         assert_eq!((metrics.hits(), metrics.misses()), (2, 0));
         // Loading the same file again shares the loaded code, adds no second entry.
         let (_, outcome) = cache
-            .load_component(&engine, &COMPONENT, Some(shipped))
+            .load_component(&engine, &COMPONENT, &digest(), Some(shipped))
             .unwrap();
         assert_eq!(outcome, AotOutcome::Shared);
         assert_eq!(cache.entries().len(), 1);
@@ -538,7 +559,7 @@ mod shipped_tests {
             bytes: &tampered,
         };
         let err = cache
-            .load_component(&engine, &COMPONENT, Some(shipped))
+            .load_component(&engine, &COMPONENT, &digest(), Some(shipped))
             .unwrap_err();
         assert_eq!(err.code(), "wasmgate.precompiled");
     }

@@ -260,7 +260,7 @@ impl Task {
                 .await
                 .map(|component| ReadyComponent {
                     component,
-                    digest: artifact.digest.clone(),
+                    digest: artifact.digest.to_string(),
                     watch: artifact.watch.then(|| artifact.path.clone()),
                 });
             let stop = compiled.is_err();
@@ -288,6 +288,7 @@ impl Task {
         let (engine, aot) = (self.engine.clone(), self.aot.clone());
         let bytes = artifact.bytes.clone();
         let shipped = artifact.precompiled.clone();
+        let digest = artifact.digest.clone();
         // The permit moves into the blocking task: an abandoned install cannot stop a
         // compile under way, and the bound must hold until it really ends.
         let compiled = tokio::task::spawn_blocking(move || {
@@ -296,7 +297,7 @@ impl Task {
                 path: &s.path,
                 bytes: &s.bytes,
             });
-            aot.load_component(&engine, &bytes, shipped)
+            aot.load_component(&engine, &bytes, &digest, shipped)
         })
         .await
         .map_err(|e| fail("wasmgate.compile", format!("compiler task failed: {e}")))?
