@@ -167,7 +167,7 @@ impl Reloader {
         }
         self.partitions.store(Arc::new(partitions.clone()));
         let device = new.device_profile();
-        let capabilities = super::eligibility_documents(&device);
+        let capabilities = super::startup::eligibility_documents(&device);
         let _ = self.reconfigure.send(Reconfigured {
             device,
             deploy: Reconfiguration {
