@@ -29,7 +29,8 @@ pub use bounded::{file_kind, open_regular, read_regular_bounded, BoundedReadErro
 pub use state::{StateDir, StateError, MAX_RECORD};
 
 use sha2::{Digest, Sha256};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 /// Runs the file I/O of `op` on a blocking thread: a read of a small file or an fsync
 /// must not hold an async worker either (the ingress shares them).
@@ -41,6 +42,39 @@ where
     tokio::task::spawn_blocking(op)
         .await
         .map_err(std::io::Error::other)?
+}
+
+/// A regular file of a store directory, as garbage collection sees it.
+pub struct StoredFile {
+    pub name: String,
+    pub path: PathBuf,
+    pub size: u64,
+    /// Last write or use (stores touch what they serve).
+    pub used: SystemTime,
+}
+
+/// The regular files of `dir` but the temp files of writes under way or interrupted;
+/// nothing when `dir` cannot be listed (a store not created yet).
+pub fn stored_files(dir: &Path) -> Vec<StoredFile> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(TEMP_PREFIX) {
+                return None;
+            }
+            let meta = entry.metadata().ok().filter(|m| m.is_file())?;
+            Some(StoredFile {
+                name,
+                path: entry.path(),
+                size: meta.len(),
+                used: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            })
+        })
+        .collect()
 }
 
 /// sha256 of a file's content as lowercase hex, read in chunks.

@@ -115,23 +115,13 @@ impl BlobStore {
 
     /// Every file of the store (temp files excluded).
     pub fn entries(&self) -> Vec<BlobEntry> {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return Vec::new();
-        };
-        entries
-            .flatten()
-            .filter_map(|entry| {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if name.starts_with(crate::fsutil::TEMP_PREFIX) {
-                    return None;
-                }
-                let meta = entry.metadata().ok().filter(|m| m.is_file())?;
-                Some(BlobEntry {
-                    hex: name,
-                    path: entry.path(),
-                    size: meta.len(),
-                    used: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                })
+        crate::fsutil::stored_files(&self.dir)
+            .into_iter()
+            .map(|file| BlobEntry {
+                hex: file.name,
+                path: file.path,
+                size: file.size,
+                used: file.used,
             })
             .collect()
     }

@@ -368,25 +368,17 @@ impl AotCache {
 
     /// Every file in the cache directory (temp files excluded), for garbage collection.
     pub fn entries(&self) -> Vec<AotEntry> {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return Vec::new();
-        };
-        entries
-            .flatten()
-            .filter_map(|entry| {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if name.starts_with(crate::fsutil::TEMP_PREFIX) {
-                    return None;
-                }
-                let meta = entry.metadata().ok().filter(|m| m.is_file())?;
-                let parsed = parse_name(&name);
-                Some(AotEntry {
-                    path: entry.path(),
+        crate::fsutil::stored_files(&self.dir)
+            .into_iter()
+            .map(|file| {
+                let parsed = parse_name(&file.name);
+                AotEntry {
                     component: parsed.map(|(c, _, _)| c.to_owned()),
                     current_engine: parsed.is_some_and(|(_, f, _)| f == self.fingerprint),
-                    size: meta.len(),
-                    used: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                })
+                    path: file.path,
+                    size: file.size,
+                    used: file.used,
+                }
             })
             .collect()
     }
