@@ -129,7 +129,9 @@ impl OurHost {
     pub fn workload(&self, component: &Component, needs: Exports) -> anyhow::Result<Arc<Workload>> {
         let partition = self.partitions[0].clone();
         let spec = WorkloadSpec {
-            deployment_id: wasmgate::types::DeploymentId::parse("00000000-0000-4000-8000-000000000001")?,
+            deployment_id: wasmgate::types::DeploymentId::parse(
+                "00000000-0000-4000-8000-000000000001",
+            )?,
             deployment_name: "bench".into(),
             component: "plain-hello".into(),
             memory_limit: partition.config.instance_memory(),
