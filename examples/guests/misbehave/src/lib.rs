@@ -1,12 +1,25 @@
 //! `misbehave` (world `http-function`): deliberately hostile behaviours for the host's
-//! sandboxing tests, chosen by the last path segment (`/misbehave/spin`, ...).
+//! sandboxing tests, chosen by the last path segment (`/misbehave/spin`, ...):
+//!
+//! - `ok`: answers 200 `ok`.
+//! - `spin`, `alloc`, `stack`: loops forever, grows memory, overflows the call stack.
+//! - `escape`: tries to read files outside its preopens and round-trips `/data`.
+//! - `busy?ms=N`: burns CPU for N ms. `drain`: reads the whole request body.
+//! - `drip?chunks=N&ms=M`: a slow streaming response.
+//! - `panic?msg=TEXT`, `shout?lines=N`: a guest panic, a burst of stdout lines.
+//! - `fetch?url=http://HOST:PORT/PATH`: an outgoing `wasi:http` GET (the URL is taken as
+//!   is, not percent-decoded). 200 with `upstream STATUS` and the upstream's body, or 502
+//!   with the error code's debug text (`HttpRequestDenied` outside the `outbound`
+//!   allow-list).
 
 use core::hint::black_box;
 use std::time::{Duration, Instant};
 
 use guest_kit::exports::wasi::http::incoming_handler::Guest;
+use guest_kit::wasi::http::outgoing_handler;
 use guest_kit::wasi::http::types::{
-    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+    Fields, IncomingBody, IncomingRequest, OutgoingBody, OutgoingRequest, OutgoingResponse,
+    ResponseOutparam, Scheme,
 };
 use guest_kit::wasi::io::streams::StreamError;
 use guest_kit::{query_param, request_path, respond_text};
@@ -150,6 +163,53 @@ fn drip(out: ResponseOutparam, chunks: u32, every: Duration) {
     let _ = OutgoingBody::finish(body, None);
 }
 
+/// GETs `url` through `wasi:http/outgoing-handler`: the upstream's status and (at most
+/// 64 KiB of) its body, or the error as text.
+fn fetch(url: &str) -> Result<(u16, String), String> {
+    let (scheme, rest) = if let Some(rest) = url.strip_prefix("http://") {
+        (Scheme::Http, rest)
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        (Scheme::Https, rest)
+    } else {
+        return Err(format!("not an http(s) URL: {url:?}"));
+    };
+    let (authority, path) = rest.find('/').map_or((rest, "/"), |i| rest.split_at(i));
+    let request = OutgoingRequest::new(Fields::new());
+    request
+        .set_scheme(Some(&scheme))
+        .and_then(|()| request.set_authority(Some(authority)))
+        .and_then(|()| request.set_path_with_query(Some(path)))
+        .map_err(|()| format!("invalid URL {url:?}"))?;
+    let pending = outgoing_handler::handle(request, None).map_err(|code| format!("{code:?}"))?;
+    pending.subscribe().block();
+    let response = match pending.get() {
+        Some(Ok(Ok(response))) => response,
+        Some(Ok(Err(code))) => return Err(format!("{code:?}")),
+        Some(Err(())) => return Err("the response was already taken".into()),
+        None => return Err("no response after the pollable was ready".into()),
+    };
+    let status = response.status();
+    let body = response
+        .consume()
+        .map_err(|()| "the response body was already taken".to_string())?;
+    let mut bytes = Vec::new();
+    {
+        let stream = body
+            .stream()
+            .map_err(|()| "the response stream was already taken".to_string())?;
+        while bytes.len() < 64 * 1024 {
+            match stream.blocking_read(64 * 1024 - bytes.len() as u64) {
+                Ok(chunk) => bytes.extend_from_slice(&chunk),
+                Err(StreamError::Closed) => break,
+                Err(StreamError::LastOperationFailed(err)) => return Err(err.to_debug_string()),
+            }
+        }
+        // The stream is a child of the body and must be dropped before `finish`.
+    }
+    drop(IncomingBody::finish(body));
+    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+}
+
 struct Misbehave;
 
 impl Guest for Misbehave {
@@ -201,6 +261,13 @@ impl Guest for Misbehave {
                 }
                 respond_text(out, 200, &format!("shouted {lines} lines\n"));
             }
+            "fetch" => match query_param(&request, "url").map(|url| fetch(&url)) {
+                None => respond_text(out, 400, "fetch needs ?url=\n"),
+                Some(Ok((status, body))) => {
+                    respond_text(out, 200, &format!("upstream {status}\n{body}"))
+                }
+                Some(Err(err)) => respond_text(out, 502, &format!("fetch failed: {err}\n")),
+            },
             _ => respond_text(out, 404, &format!("unknown behaviour {action:?}\n")),
         }
     }
