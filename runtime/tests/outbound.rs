@@ -111,16 +111,24 @@ fn assert_reaches(gate: &Wasmgate, url: &str, path: &str) {
     );
 }
 
-/// The host logs each refusal; waits up to 10 s for `at_least` such lines naming `url`.
-fn denial_logged(gate: &Wasmgate, url: &str, at_least: usize) -> bool {
+/// The host logs each refusal with the destination only; waits up to 10 s for
+/// `at_least` lines naming `host` and `port`. A line that shows `secret` (from a path or
+/// query) fails the test: guests put tokens there.
+fn denial_logged(gate: &Wasmgate, host: &str, port: u16, secret: &str, at_least: usize) -> bool {
     let deadline = Instant::now() + Duration::from_secs(10);
+    let (host, port) = (format!("host={host}"), format!("port={port}"));
     loop {
-        let found = gate
-            .stderr
-            .lock()
-            .unwrap()
+        let lines = gate.stderr.lock().unwrap().clone();
+        assert!(
+            !lines.iter().any(|l| l.contains(secret)),
+            "the host logged a guest's query string{}",
+            gate.diagnostics()
+        );
+        let found = lines
             .iter()
-            .filter(|l| l.contains("outbound request denied") && l.contains(url))
+            .filter(|l| {
+                l.contains("outbound request denied") && l.contains(&host) && l.contains(&port)
+            })
             .count();
         if found >= at_least {
             return true;
@@ -136,7 +144,7 @@ fn denial_logged(gate: &Wasmgate, url: &str, at_least: usize) -> bool {
 fn without_rules_every_request_is_denied() {
     let upstream = Upstream::start();
     let (_sandbox, gate) = serve(&[]);
-    let url = format!("http://127.0.0.1:{}/x", upstream.port());
+    let url = format!("http://127.0.0.1:{}/x?token=s3cret", upstream.port());
     assert_denied(&gate, &url);
     assert_denied(&gate, &format!("http://localhost:{}/y", upstream.port()));
     assert_eq!(
@@ -145,7 +153,7 @@ fn without_rules_every_request_is_denied() {
         "a denied request reached the upstream"
     );
     assert!(
-        denial_logged(&gate, &url, 1),
+        denial_logged(&gate, "127.0.0.1", upstream.port(), "s3cret", 1),
         "no denial logged{}",
         gate.diagnostics()
     );

@@ -87,7 +87,9 @@ impl WasiHttpHooks for OutboundPolicy {
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let allowed = uri.host().is_some_and(|host| self.allows(host, port));
         if !allowed {
-            tracing::warn!(uri = %uri, "outbound request denied: destination not in the component's outbound allow-list");
+            // The destination only: a path or query may carry a guest's secrets.
+            let host = uri.host().unwrap_or("");
+            tracing::warn!(%host, port, "outbound request denied: destination not in the component's outbound allow-list");
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
         Box::new(async move {
