@@ -140,6 +140,7 @@ impl OurHost {
             config: Arc::new(ConfigVars::new()),
             data_dir: false,
             outbound: Arc::from(Vec::<String>::new()),
+            reuse: None,
         };
         Ok(Arc::new(Workload::new(
             spec,

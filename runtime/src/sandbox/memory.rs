@@ -56,6 +56,8 @@ pub struct InstanceLimiter {
     budget: Arc<MemoryBudget>,
     reserved: u64,
     pub denial: Option<MemoryDenial>,
+    /// Parked instances of the partition, ended to make room before a growth is denied.
+    idle: Option<Arc<super::IdlePool>>,
 }
 
 /// Table growth beyond this is refused: function tables of real programs stay far below.
@@ -68,7 +70,36 @@ impl InstanceLimiter {
             budget,
             reserved: 0,
             denial: None,
+            idle: None,
         }
+    }
+
+    /// Before denying a growth for the partition's budget, ends instances parked in
+    /// `idle`, oldest first: a request that runs matters more than one that may come.
+    pub fn reclaiming(mut self, idle: Arc<super::IdlePool>) -> Self {
+        self.idle = Some(idle);
+        self
+    }
+
+    fn reserve(&self, delta: u64) -> bool {
+        if self.budget.try_reserve(delta) {
+            return true;
+        }
+        let Some(idle) = &self.idle else {
+            return false;
+        };
+        while idle.evict_oldest() {
+            if self.budget.try_reserve(delta) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Starts the next request of a reused instance: what the last one was denied is
+    /// not this one's failure.
+    pub fn clear_denial(&mut self) {
+        self.denial = None;
     }
 }
 
@@ -88,7 +119,7 @@ impl wasmtime::ResourceLimiter for InstanceLimiter {
             return Ok(false);
         }
         let delta = desired.saturating_sub(current);
-        if !self.budget.try_reserve(delta) {
+        if !self.reserve(delta) {
             self.denial = Some(MemoryDenial::Partition {
                 limit: self.budget.limit(),
             });
@@ -135,5 +166,24 @@ mod tests {
         drop(a);
         assert_eq!(budget.used(), 0);
         assert!(b.memory_growing(0, 60, None).unwrap());
+    }
+
+    #[test]
+    fn a_growth_the_budget_denies_first_ends_parked_instances() {
+        let budget = Arc::new(MemoryBudget::new(100));
+        let idle = Arc::new(super::super::IdlePool::default());
+        let mut parked = InstanceLimiter::new(80, budget.clone());
+        assert!(parked.memory_growing(0, 60, None).unwrap());
+        idle.park(1, Box::new(parked), std::time::Duration::from_secs(60), 4);
+        let mut running = InstanceLimiter::new(80, budget.clone()).reclaiming(idle.clone());
+        assert!(running.memory_growing(0, 60, None).unwrap());
+        assert!(idle.is_empty(), "the parked instance made room");
+        assert_eq!(budget.used(), 60);
+        assert!(running.memory_growing(60, 80, None).unwrap());
+        assert_eq!(budget.used(), 80);
+        // Nothing left to end: the budget decides.
+        let mut other = InstanceLimiter::new(80, budget.clone()).reclaiming(idle);
+        assert!(!other.memory_growing(0, 60, None).unwrap());
+        assert_eq!(other.denial, Some(MemoryDenial::Partition { limit: 100 }));
     }
 }

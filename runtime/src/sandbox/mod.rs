@@ -4,11 +4,13 @@
 
 mod cpu;
 mod guests;
+mod idle;
 mod memory;
 mod settings;
 
 pub use cpu::CpuShare;
 pub use guests::{workers_for, GuestRuntime, GuestRuntimeError};
+pub use idle::{IdlePool, ParkedInstance};
 pub use memory::{InstanceLimiter, MemoryBudget, MemoryDenial};
 pub use settings::{
     PartitionSettings, DEFAULT_CONCURRENCY, DEFAULT_INSTANCE_MEMORY, DEFAULT_QUEUE_TIMEOUT,
@@ -64,6 +66,8 @@ pub struct Partition {
     pub kv: Arc<KvStore>,
     files_dir: PathBuf,
     storage: Arc<StorageSample>,
+    /// Instances parked between requests by workloads that reuse them.
+    idle: Arc<IdlePool>,
     /// Where this partition's guests run; last field, so it shuts down after the rest.
     guests: GuestRuntime,
 }
@@ -136,6 +140,8 @@ impl Partition {
             slots.clone(),
             config.concurrency(),
         ));
+        let idle = Arc::new(IdlePool::default());
+        guests.spawn(IdlePool::reap(idle.clone()));
         Ok(Arc::new(Self {
             id: config.id.clone(),
             device_id: device_id.child(&config.id),
@@ -146,6 +152,7 @@ impl Partition {
             kv,
             files_dir,
             storage,
+            idle,
             guests,
         }))
     }
@@ -166,6 +173,9 @@ impl Partition {
             slots.clone(),
             config.concurrency(),
         ));
+        // Parked instances stay with the old partition and end with it.
+        let idle = Arc::new(IdlePool::default());
+        guests.spawn(IdlePool::reap(idle.clone()));
         Ok(Arc::new(Self {
             id: self.id.clone(),
             device_id: self.device_id.clone(),
@@ -176,6 +186,7 @@ impl Partition {
             kv: self.kv.clone(),
             files_dir: self.files_dir.clone(),
             storage: self.storage.clone(),
+            idle,
             guests,
         }))
     }
@@ -209,6 +220,33 @@ impl Partition {
             Ok(Ok(permit)) => Ok(slot(permit)),
             _ => Err(busy()),
         }
+    }
+
+    /// Instances parked between requests.
+    pub fn idle(&self) -> &Arc<IdlePool> {
+        &self.idle
+    }
+
+    /// Parks `instance` of `owner` for `idle`, if the partition has room: parked and
+    /// running instances together stay within its concurrency (the caller still holds
+    /// its slot, which it gives up next).
+    pub fn park(&self, owner: u64, instance: ParkedInstance, idle: Duration) {
+        let running_others = self.active_instances().saturating_sub(1);
+        let room = self.config.concurrency().saturating_sub(running_others);
+        self.idle.park(owner, instance, idle, room as usize);
+    }
+
+    /// Before an admitted request instantiates afresh: ends the oldest parked instances
+    /// while parked and running ones would exceed the concurrency (the pool's size).
+    pub fn make_room(&self) {
+        if self.idle.is_empty() {
+            return;
+        }
+        let keep = self
+            .config
+            .concurrency()
+            .saturating_sub(self.active_instances());
+        self.idle.trim(keep as usize);
     }
 
     /// Instances running right now.

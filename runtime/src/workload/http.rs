@@ -1,6 +1,8 @@
-//! HTTP triggers: one request, one fresh instance, one `wasi:http/incoming-handler` call.
+//! HTTP triggers: one request, one `wasi:http/incoming-handler` call, in a fresh
+//! instance or (with `reuse`) one parked by an earlier request of the same workload.
 
 use super::body::{prefetch, BodyRate, BoxError, Paced, TooSlow};
+use super::reuse::Warm;
 use super::{InstanceState, InvocationError, Workload};
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -177,8 +179,21 @@ impl Workload {
         )
     }
 
-    /// Instantiates and calls the guest's handler; sends the response head (or why there
-    /// is none) on `head` as soon as there is one. Runs on the partition's runtime.
+    /// An instance this workload parked, ready for one more request.
+    fn warm(&self) -> Option<Warm> {
+        self.spec.reuse?;
+        let parked = self.spec.partition.idle().take(self.owner)?;
+        let mut warm = *parked.downcast::<Warm>().ok()?;
+        let state = warm.store.data_mut();
+        state.clock.restart(self.spec.timeout);
+        state.limiter.clear_denial();
+        warm.store.set_epoch_deadline(1);
+        Some(warm)
+    }
+
+    /// Instantiates (or takes a parked instance) and calls the guest's handler; sends
+    /// the response head (or why there is none) on `head` as soon as there is one. Runs
+    /// on the partition's runtime.
     async fn run_http<B>(
         self: std::sync::Arc<Self>,
         proxy: ProxyPre<InstanceState>,
@@ -189,12 +204,18 @@ impl Workload {
     where
         B: hyper::body::Body<Data = Bytes, Error = wasmtime_wasi_http::Error> + Send + 'static,
     {
-        let mut store = match self.new_store() {
-            Ok(store) => store,
-            Err(err) => {
-                self.record(&Err(err.clone()), started);
-                let _ = head.send(invocation_response(&err));
-                return Ok(());
+        let (mut store, reused, served) = match self.warm() {
+            Some(warm) => (warm.store, Some(warm.proxy), warm.served),
+            None => {
+                self.spec.partition.make_room();
+                match self.new_store() {
+                    Ok(store) => (store, None, 0),
+                    Err(err) => {
+                        self.record(&Err(err.clone()), started);
+                        let _ = head.send(invocation_response(&err));
+                        return Ok(());
+                    }
+                }
             }
         };
         let prepared = store
@@ -239,9 +260,13 @@ impl Workload {
         let forwarder = tokio::spawn(forward);
         let grace = self.spec.timeout + crate::engine::EPOCH_TICK * 10;
         let call = async {
-            let instance = self
-                .timed_instantiate(proxy.instantiate_async(&mut store))
-                .await?;
+            let instance = match reused {
+                Some(instance) => instance,
+                None => {
+                    self.timed_instantiate(proxy.instantiate_async(&mut store))
+                        .await?
+                }
+            };
             // The handler's own span: its log lines and output are tied to it.
             let guest = tracing::info_span!(
                 "wasmgate.guest",
@@ -255,17 +280,37 @@ impl Workload {
                     .call_handle(&mut store, req, out),
                 guest,
             )
-            .await
+            .await?;
+            Ok::<_, wasmtime::Error>(instance)
         };
-        let result = match tokio::time::timeout(grace, call).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(err)) => Err(self.classify(store.data(), &err)),
-            Err(_) => Err(InvocationError::Timeout {
-                label: self.spec.label(),
-                timeout: self.spec.timeout,
-            }),
+        let (result, finished) = match tokio::time::timeout(grace, call).await {
+            Ok(Ok(instance)) => (Ok(()), Some(instance)),
+            Ok(Err(err)) => (Err(self.classify(store.data(), &err)), None),
+            Err(_) => (
+                Err(InvocationError::Timeout {
+                    label: self.spec.label(),
+                    timeout: self.spec.timeout,
+                }),
+                None,
+            ),
         };
         self.record(&result, started);
+        // Only an instance that answered within every limit serves again.
+        if let (Some(reuse), Some(proxy)) = (self.spec.reuse, finished) {
+            let served = served + 1;
+            if served < reuse.requests && store.data().limiter.denial.is_none() {
+                let warm = Warm {
+                    store,
+                    proxy,
+                    served,
+                };
+                self.spec
+                    .partition
+                    .park(self.owner, Box::new(warm), reuse.idle_timeout);
+                let _ = forwarder.await;
+                return result;
+            }
+        }
         drop(store);
         // The head, if the guest set one, is forwarded before this task reports.
         let _ = forwarder.await;

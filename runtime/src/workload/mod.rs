@@ -1,13 +1,15 @@
 //! A deployed component: its pre-instantiated form, its triggers and the per-request /
 //! per-event instance lifecycle. Every request or event gets a fresh `Store` and
-//! instance from the pool; nothing a guest does survives its call except what it wrote
-//! through the platform services.
+//! instance from the pool, and nothing a guest does survives its call except what it
+//! wrote through the platform services, unless the component opts into instance reuse
+//! for its HTTP requests ([`reuse`]).
 
 mod body;
 mod event;
 mod http;
 mod outbound;
 mod output;
+mod reuse;
 mod state;
 
 pub use body::{
@@ -16,6 +18,7 @@ pub use body::{
 pub use event::{EventExport, Tick, Trigger};
 pub use http::{error_response, ResponseBody};
 pub use outbound::OutboundPolicy;
+pub use reuse::InstanceReuse;
 pub use state::InstanceState;
 
 use crate::sandbox::{MemoryDenial, Partition};
@@ -57,6 +60,8 @@ pub struct WorkloadSpec {
     /// Preopen the deployment's private directory as `/data`.
     pub data_dir: bool,
     pub outbound: Arc<[String]>,
+    /// Serve HTTP requests from reused instances instead of one instance each.
+    pub reuse: Option<InstanceReuse>,
 }
 
 impl WorkloadSpec {
@@ -134,7 +139,19 @@ pub struct Workload {
     platform: Platform,
     /// The `outbound` allow-list, parsed once.
     outbound: OutboundPolicy,
+    /// Names this workload's instances parked in its partition.
+    owner: u64,
 }
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        // A replaced or removed deployment's parked instances end with it.
+        self.spec.partition.idle().discard(self.owner);
+    }
+}
+
+/// Hands out [`Workload::owner`]s.
+static OWNERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl std::fmt::Debug for Workload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -219,6 +236,7 @@ impl Workload {
             metrics: WorkloadMetrics::detached(),
             platform,
             outbound,
+            owner: OWNERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
     }
 
@@ -267,7 +285,8 @@ impl Workload {
             limiter: crate::sandbox::InstanceLimiter::new(
                 spec.memory_limit,
                 spec.partition.memory.clone(),
-            ),
+            )
+            .reclaiming(spec.partition.idle().clone()),
             clock: GuestClock::new(spec.timeout, spec.partition.cpu.clone()),
         };
         let mut store = Store::new(self.pre.engine(), state);

@@ -1,6 +1,6 @@
 //! The data of one instance's `Store`: WASI contexts, platform services, limits and the
-//! clock that enforces the deadline and CPU share. Built fresh for every request or
-//! event and dropped with the instance.
+//! clock that enforces the deadline and CPU share. Built fresh for every instance and
+//! dropped with it; a reused instance restarts the clock per request.
 
 use super::outbound::OutboundPolicy;
 use crate::engine::EPOCH_TICK;
@@ -68,6 +68,14 @@ impl GuestClock {
             cpu,
             timed_out: false,
         }
+    }
+
+    /// Starts the next request of a reused instance: its own deadline from now.
+    pub(super) fn restart(&mut self, timeout: Duration) {
+        let now = Instant::now();
+        self.deadline = now + timeout;
+        self.last_check = now;
+        self.timed_out = false;
     }
 
     pub(super) fn on_epoch(&mut self) -> UpdateDeadline {

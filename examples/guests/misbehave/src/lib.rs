@@ -7,12 +7,15 @@
 //! - `busy?ms=N`: burns CPU for N ms. `drain`: reads the whole request body.
 //! - `drip?chunks=N&ms=M`: a slow streaming response.
 //! - `panic?msg=TEXT`, `shout?lines=N`: a guest panic, a burst of stdout lines.
+//! - `count`: how many requests this instance has served, itself included (always 1
+//!   unless the host reuses instances).
 //! - `fetch?url=http://HOST:PORT/PATH`: an outgoing `wasi:http` GET (the URL is taken as
 //!   is, not percent-decoded). 200 with `upstream STATUS` and the upstream's body, or 502
 //!   with the error code's debug text (`HttpRequestDenied` outside the `outbound`
 //!   allow-list).
 
 use core::hint::black_box;
+use core::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use guest_kit::exports::wasi::http::incoming_handler::Guest;
@@ -25,6 +28,9 @@ use guest_kit::wasi::io::streams::StreamError;
 use guest_kit::{query_param, request_path, respond_text};
 
 const MIB: usize = 1 << 20;
+
+/// Requests served by this instance: state that survives only in a reused instance.
+static SERVED: AtomicU32 = AtomicU32::new(0);
 
 /// Never returns: only fuel, epoch interruption or a timeout stops it.
 fn spin() -> ! {
@@ -214,10 +220,12 @@ struct Misbehave;
 
 impl Guest for Misbehave {
     fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        let served = SERVED.fetch_add(1, Ordering::Relaxed) + 1;
         let path = request_path(&request);
         let action = path.rsplit('/').next().unwrap_or_default();
         match action {
             "ok" => respond_text(out, 200, "ok\n"),
+            "count" => respond_text(out, 200, &format!("count {served}\n")),
             "spin" => spin(),
             "alloc" => alloc(),
             "stack" => {

@@ -1,10 +1,11 @@
 //! `x-wasmgate-extensions`, the part of a component Margo leaves to the runtime:
-//! triggers, limits, the data dir and outbound hosts.
+//! triggers, limits, the data dir, outbound hosts and instance reuse.
 
 use super::error::{model_err, preview, ModelError};
 use super::rules::is_route;
 use crate::trigger::{HttpRoute, TimerSchedule};
 use crate::units::{ByteSize, HumanDuration};
+use crate::workload::InstanceReuse;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -19,6 +20,7 @@ pub struct WasmgateExtensions {
     pub timeout: Option<Duration>,
     pub data_dir: bool,
     pub outbound: Vec<String>,
+    pub reuse: Option<InstanceReuse>,
 }
 
 /// Shortest timer period accepted: faster timers are a busy loop in disguise.
@@ -33,8 +35,64 @@ struct RawExtensions {
     data_dir: bool,
     #[serde(default)]
     outbound: Vec<String>,
+    reuse: Option<Value>,
     #[serde(flatten)]
     other: BTreeMap<String, Value>,
+}
+
+/// `reuse: true`, or a mapping whose missing keys take the defaults.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawReuse {
+    Enabled(bool),
+    Settings(RawReuseSettings),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct RawReuseSettings {
+    requests: Option<u32>,
+    idle_timeout: Option<HumanDuration>,
+    #[serde(flatten)]
+    other: BTreeMap<String, Value>,
+}
+
+fn parse_reuse(at: &str, value: Value) -> Result<Option<InstanceReuse>, ModelError> {
+    let expected = "expected `true`, `false` or a mapping {requests: N, idle-timeout: DURATION}";
+    let raw: RawReuse =
+        serde_json::from_value(value).map_err(|e| model_err(at, format!("{e}; {expected}")))?;
+    let settings = match raw {
+        RawReuse::Enabled(false) => return Ok(None),
+        RawReuse::Enabled(true) => return Ok(Some(InstanceReuse::default())),
+        RawReuse::Settings(settings) => settings,
+    };
+    warn_unknown(at, &settings.other);
+    let mut reuse = InstanceReuse::default();
+    if let Some(requests) = settings.requests {
+        if !(1..=InstanceReuse::MAX_REQUESTS).contains(&requests) {
+            return Err(model_err(
+                format!("{at}.requests"),
+                format!(
+                    "{requests}: expected 1 to {} requests per instance",
+                    InstanceReuse::MAX_REQUESTS
+                ),
+            ));
+        }
+        reuse.requests = requests;
+    }
+    if let Some(idle) = settings.idle_timeout {
+        if idle.0.is_zero() || idle.0 > InstanceReuse::MAX_IDLE_TIMEOUT {
+            return Err(model_err(
+                format!("{at}.idle-timeout"),
+                format!(
+                    "expected more than 0s and at most {:?}",
+                    InstanceReuse::MAX_IDLE_TIMEOUT
+                ),
+            ));
+        }
+        reuse.idle_timeout = idle.0;
+    }
+    Ok(Some(reuse))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -84,6 +142,10 @@ pub(super) fn parse_extensions(at: &str, value: Value) -> Result<WasmgateExtensi
         timeout: limits.timeout.map(|d| d.0),
         data_dir: raw.data_dir,
         outbound: raw.outbound,
+        reuse: match raw.reuse {
+            Some(value) => parse_reuse(&format!("{at}.reuse"), value)?,
+            None => None,
+        },
         ..Default::default()
     };
     let triggers = raw.trigger.filter(|t| !t.is_empty()).ok_or_else(|| {
@@ -155,4 +217,51 @@ pub(super) fn parse_extensions(at: &str, value: Value) -> Result<WasmgateExtensi
         ));
     }
     Ok(ext)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reuse_of(yaml: &str) -> Result<Option<InstanceReuse>, String> {
+        let value: Value = serde_norway::from_str(yaml).unwrap();
+        parse_extensions("components[0].x-wasmgate-extensions", value)
+            .map(|ext| ext.reuse)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn reuse_is_off_unless_asked_for_and_bounded() {
+        let route = "trigger: {http: {route: /r}}";
+        assert_eq!(reuse_of(&format!("{{{route}}}")), Ok(None));
+        assert_eq!(reuse_of(&format!("{{{route}, reuse: false}}")), Ok(None));
+        assert_eq!(
+            reuse_of(&format!("{{{route}, reuse: true}}")),
+            Ok(Some(InstanceReuse::default()))
+        );
+        assert_eq!(
+            reuse_of(&format!("{{{route}, reuse: {{requests: 7}}}}")),
+            Ok(Some(InstanceReuse {
+                requests: 7,
+                idle_timeout: InstanceReuse::DEFAULT_IDLE_TIMEOUT
+            }))
+        );
+        assert_eq!(
+            reuse_of(&format!("{{{route}, reuse: {{idle-timeout: 250ms}}}}")),
+            Ok(Some(InstanceReuse {
+                requests: InstanceReuse::DEFAULT_REQUESTS,
+                idle_timeout: Duration::from_millis(250)
+            }))
+        );
+        for (bad, field) in [
+            ("{requests: 0}", "reuse.requests"),
+            ("{requests: 2000000}", "reuse.requests"),
+            ("{idle-timeout: 0s}", "reuse.idle-timeout"),
+            ("{idle-timeout: 1h}", "reuse.idle-timeout"),
+            ("yes please", "reuse"),
+        ] {
+            let err = reuse_of(&format!("{{{route}, reuse: {bad}}}")).unwrap_err();
+            assert!(err.contains(field), "{bad}: {err}");
+        }
+    }
 }

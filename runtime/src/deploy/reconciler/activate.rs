@@ -188,6 +188,7 @@ pub fn activate(
             timeout,
             data_dir: ext.data_dir,
             outbound: ext.outbound.clone().into(),
+            reuse: ext.reuse,
         };
         let needs = Exports {
             http: ext.http.is_some(),
