@@ -5,13 +5,15 @@
 //!   admission, store with limits and deadline, request/response resources, guest task).
 //! - `bare_wasmtime`: the same request with bare wasmtime-wasi-http calls on the same engine
 //!   (see `wasmgate_benches::bare::request`).
+//! - `wasmgate_reused`: `Workload::handle_http` of a workload with `reuse` (128 requests
+//!   per instance): what instance reuse saves; not a cold start but the same request.
 //!
 //! Both with the pooling allocator sized as `wasmgate up` sizes it, and with the on-demand
 //! allocator (the fallback when the pool cannot be reserved).
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::time::Instant;
-use wasmgate::workload::Exports;
+use wasmgate::workload::{Exports, InstanceReuse};
 use wasmgate_benches::{
     bare, current_thread_runtime, drain, get_request, paired, read_ok, Allocator, OurHost,
     PLAIN_HELLO,
@@ -30,6 +32,9 @@ fn cold_start(c: &mut Criterion) {
         let host = OurHost::new(1, allocator).expect("benchmark host");
         let component = host.compile(PLAIN_HELLO).expect("plain-hello compiles");
         let workload = host.workload(&component, HTTP_ONLY).expect("workload");
+        let reusing = host
+            .workload_reusing(&component, HTTP_ONLY, Some(InstanceReuse::default()))
+            .expect("workload with reuse");
         let partition = host.partitions[0].clone();
         let bare_pre = ProxyPre::new(
             bare::linker(&host.engine.engine)
@@ -70,17 +75,31 @@ fn cold_start(c: &mut Criterion) {
             })
         };
 
+        let mut reused_routine = |iters: u64| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let response = reusing.clone().handle_http(get_request(), MAX_BODY).await;
+                    read_ok(response).await.expect("wasmgate request");
+                }
+                drain(&partition).await;
+                start.elapsed()
+            })
+        };
+
         let label = format!("cold_start/{}", allocator.name());
         paired(
             &label,
             &mut [
                 ("bare_wasmtime", &mut bare_routine),
                 ("wasmgate", &mut ours_routine),
+                ("wasmgate_reused", &mut reused_routine),
             ],
         );
         let mut group = c.benchmark_group(label);
         group.bench_function("bare_wasmtime", |b| b.iter_custom(&mut bare_routine));
         group.bench_function("wasmgate", |b| b.iter_custom(&mut ours_routine));
+        group.bench_function("wasmgate_reused", |b| b.iter_custom(&mut reused_routine));
         group.finish();
     }
 }

@@ -6,6 +6,7 @@
 #
 #   benches/compare.sh                      # defaults below
 #   ROUNDS=5 DURATION=15 CONNECTIONS=32 benches/compare.sh
+#   GATE_ARGS="--reuse 128" benches/compare.sh   # wasmgate with instance reuse
 #
 # Needs: cargo (builds wasmgate in release and, once, wasmtime-cli into $PEER_DIR, outside the
 # repository), wrk (installed with apt-get when missing and running as root), curl, Linux /proc.
@@ -22,6 +23,8 @@ WRK_THREADS=${WRK_THREADS:-1}
 WARMUP=${WARMUP:-3}
 PEER_PORT=${PEER_PORT:-18181}
 GATE_PORT=${GATE_PORT:-18182}
+# Extra arguments of `wasmgate run` (word-split), e.g. `--reuse 128`.
+GATE_ARGS=${GATE_ARGS:-}
 
 say() { printf '==> %s\n' "$*" >&2; }
 
@@ -81,7 +84,8 @@ status_kib() { # pid field
 "$WASMTIME" serve -Scli --addr "127.0.0.1:$PEER_PORT" "$GUEST" >"$WORK/wasmtime.log" 2>&1 &
 PEER_PID=$!
 PIDS+=("$PEER_PID")
-WASMGATE_LOG=warn "$GATE" run "$GUEST" --listen "127.0.0.1:$GATE_PORT" --state-dir "$WORK/state" \
+# shellcheck disable=SC2086
+WASMGATE_LOG=warn "$GATE" run "$GUEST" $GATE_ARGS --listen "127.0.0.1:$GATE_PORT" --state-dir "$WORK/state" \
     >"$WORK/wasmgate.log" 2>&1 &
 GATE_PID=$!
 PIDS+=("$GATE_PID")
@@ -147,7 +151,7 @@ done
 
 echo
 echo "wasmtime $WASMTIME_VERSION (wasmtime-cli, \`serve -Scli\`) vs wasmgate $("$GATE" --version | awk '{print $2}') on $(nproc) CPU(s): $(lscpu | awk -F: '/^Model name/ { gsub(/^ +/, "", $2); print $2; exit }'), Linux $(uname -r)"
-echo "component: plain-hello ($(stat -c %s "$GUEST") bytes); wrk -t$WRK_THREADS -c$CONNECTIONS -d${DURATION}s, $ROUNDS alternating rounds; medians (min..max)"
+echo "component: plain-hello ($(stat -c %s "$GUEST") bytes); wasmgate run ${GATE_ARGS:-(no extra arguments)}; wrk -t$WRK_THREADS -c$CONNECTIONS -d${DURATION}s, $ROUNDS alternating rounds; medians (min..max)"
 echo
 printf '| %-30s | %-28s | %-28s | %-9s |\n' "metric" "wasmtime serve" "wasmgate run" "ratio"
 printf '| %-30s | %-28s | %-28s | %-9s |\n' "---" "---:" "---:" "---:"

@@ -127,6 +127,16 @@ impl OurHost {
     /// A workload as the reconciler builds it: partition `p0`, no parameters, the
     /// partition's default limits.
     pub fn workload(&self, component: &Component, needs: Exports) -> anyhow::Result<Arc<Workload>> {
+        self.workload_reusing(component, needs, None)
+    }
+
+    /// [`Self::workload`] with `x-wasmgate-extensions.reuse` as given.
+    pub fn workload_reusing(
+        &self,
+        component: &Component,
+        needs: Exports,
+        reuse: Option<wasmgate::workload::InstanceReuse>,
+    ) -> anyhow::Result<Arc<Workload>> {
         let partition = self.partitions[0].clone();
         let spec = WorkloadSpec {
             deployment_id: wasmgate::types::DeploymentId::parse(
@@ -140,7 +150,7 @@ impl OurHost {
             config: Arc::new(ConfigVars::new()),
             data_dir: false,
             outbound: Arc::from(Vec::<String>::new()),
-            reuse: None,
+            reuse,
         };
         Ok(Arc::new(Workload::new(
             spec,

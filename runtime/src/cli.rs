@@ -52,6 +52,11 @@ pub enum Command {
         /// Host configuration (TOML) for partition limits.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Serve requests from reused instances, each serving up to REQUESTS requests
+        /// (the deployment field `reuse: {requests: REQUESTS}`; idle timeout 1s). Off by
+        /// default: the guest's memory then survives from one request to the next.
+        #[arg(long, value_name = "REQUESTS")]
+        reuse: Option<u32>,
     },
     /// Show the running host's partitions, deployments and WFM sync state, read from its
     /// admin listener. Exit status: 0 all well, 1 something failed (a deployment, a

@@ -110,6 +110,7 @@ fn run(
                 listen,
                 state_dir,
                 config: path,
+                reuse,
             } => {
                 let mut config = loaded;
                 let overrides = Overrides {
@@ -119,7 +120,7 @@ fn run(
                 };
                 overrides.apply(&mut config);
                 let reload = ConfigSource { path, overrides };
-                let document = single_component_document(&component)?;
+                let document = single_component_document(&component, reuse)?;
                 Host::new(config)?
                     .reloading_from(reload)
                     .run(DesiredSource::Fixed(document))

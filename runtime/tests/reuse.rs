@@ -126,3 +126,34 @@ fn a_parked_instance_makes_way_for_another_deployments_request() {
     assert_eq!(count(&gate, "/other"), 1);
     assert_eq!(counts(&gate, 2), [1, 2]);
 }
+
+#[test]
+fn wasmgate_run_reuses_instances_when_asked() {
+    let sandbox = Sandbox::new();
+    let gate = Wasmgate::start(&[
+        "run",
+        wasmgate_examples::MISBEHAVE,
+        "--reuse",
+        "3",
+        "--listen",
+        "127.0.0.1:0",
+        "--state-dir",
+        sandbox.state().to_str().unwrap(),
+    ]);
+    gate.wait_for("/ok", 200, "ok");
+    // `run`'s default partition admits several requests at once, so a request may
+    // outrun the parking of the one before: only the bound is exact here.
+    let mut seen = Vec::new();
+    while seen.len() < 60 && !seen.contains(&3) {
+        seen.push(count(&gate, ""));
+    }
+    assert!(seen.iter().all(|&n| (1..=3).contains(&n)), "{seen:?}");
+    assert!(seen.contains(&3), "no instance served 3 requests: {seen:?}");
+    for _ in 0..12 {
+        let n = count(&gate, "");
+        assert!(
+            (1..=3).contains(&n),
+            "served {n} requests, more than --reuse 3"
+        );
+    }
+}

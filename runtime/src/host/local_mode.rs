@@ -112,7 +112,10 @@ impl Host {
 }
 
 /// The one-component document `wasmgate run` serves at `/`.
-pub fn single_component_document(component: &std::path::Path) -> anyhow::Result<DesiredDeployment> {
+pub fn single_component_document(
+    component: &std::path::Path,
+    reuse: Option<u32>,
+) -> anyhow::Result<DesiredDeployment> {
     let path = std::fs::canonicalize(component)
         .with_context(|| format!("cannot find component {}", component.display()))?;
     let name = path
@@ -133,6 +136,11 @@ pub fn single_component_document(component: &std::path::Path) -> anyhow::Result<
         .map(|s| s.trim_matches('-').to_owned())
         .filter(|s| crate::deploy::model::is_dns_label(s))
         .unwrap_or_else(|| "component".into());
+    let mut extensions = serde_json::json!({ "trigger": { "http": { "route": "/" } } });
+    if let Some(requests) = reuse {
+        // Checked with the rest of the document: a bad count is refused, named.
+        extensions["reuse"] = serde_json::json!({ "requests": requests });
+    }
     let document = serde_json::json!({
         "id": "00000000-0000-4000-8000-000000000001",
         "metadata": { "name": name, "namespace": "run" },
@@ -143,7 +151,7 @@ pub fn single_component_document(component: &std::path::Path) -> anyhow::Result<
                 "components": [{
                     "name": name,
                     "properties": { "repository": path.display().to_string() },
-                    "x-wasmgate-extensions": { "trigger": { "http": { "route": "/" } } },
+                    "x-wasmgate-extensions": extensions,
                 }],
             },
         },
