@@ -42,8 +42,8 @@ fn http_e2e(c: &mut Criterion) {
             Arc::new(StatusBoard::default()),
         )
         .expect("reconciler");
-        let document =
-            wasmgate::host::single_component_document(Path::new(PLAIN_HELLO), None).expect("document");
+        let document = wasmgate::host::single_component_document(Path::new(PLAIN_HELLO), None)
+            .expect("document");
         reconciler.apply(vec![document]).await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let ours = listener.local_addr().unwrap();
