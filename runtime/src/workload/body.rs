@@ -52,19 +52,37 @@ impl Default for BodyRate {
 #[error("the request body arrived slower than {} bytes/s after a {:?} grace", .0.min_rate, .0.grace)]
 pub struct TooSlow(pub BodyRate);
 
+/// Tells the side waiting for the response head that the body fell below the minimum
+/// rate. Unlike a channel, dropping it (the guest is done with the body) wakes nobody:
+/// that wake crossed from the partition's threads to the ingress on every request.
+#[derive(Debug, Clone, Default)]
+pub struct Tripwire(std::sync::Arc<tokio::sync::Notify>);
+
+impl Tripwire {
+    fn trip(&self) {
+        // Kept as a permit when nobody waits yet: a trip is never lost.
+        self.0.notify_one();
+    }
+
+    /// Resolves once tripped; never, if it never is.
+    pub async fn tripped(&self) {
+        self.0.notified().await
+    }
+}
+
 /// Enforces the minimum rate on `inner`; the first violation is also signalled on the
-/// sender given to [`Paced::new`], so the request can be answered with 408 at once.
+/// [`Tripwire`] given to [`Paced::new`], so the request can be answered with 408 at once.
 pub struct Paced<B> {
     inner: B,
     rate: BodyRate,
     start: Instant,
     received: u64,
     deadline: Pin<Box<Sleep>>,
-    tripped: Option<tokio::sync::oneshot::Sender<()>>,
+    tripped: Option<Tripwire>,
 }
 
 impl<B> Paced<B> {
-    pub fn new(inner: B, rate: BodyRate, tripped: tokio::sync::oneshot::Sender<()>) -> Self {
+    pub fn new(inner: B, rate: BodyRate, tripped: Tripwire) -> Self {
         let start = Instant::now();
         Self {
             inner,
@@ -109,7 +127,7 @@ where
             Poll::Pending => match this.deadline.as_mut().poll(cx) {
                 Poll::Ready(()) => {
                     if let Some(tripped) = this.tripped.take() {
-                        let _ = tripped.send(());
+                        tripped.trip();
                     }
                     Poll::Ready(Some(Err(Box::new(TooSlow(this.rate)))))
                 }
@@ -221,8 +239,8 @@ mod tests {
     #[tokio::test]
     async fn a_body_below_the_rate_fails_after_the_grace() {
         let (tx, body) = channel();
-        let (trip_tx, mut trip_rx) = tokio::sync::oneshot::channel();
-        let paced = Paced::new(body, RULE, trip_tx);
+        let tripwire = Tripwire::default();
+        let paced = Paced::new(body, RULE, tripwire.clone());
         let feeder = tokio::spawn(async move {
             // 1 byte a (scaled) second: far below the minimum rate.
             for _ in 0..60 {
@@ -241,7 +259,9 @@ mod tests {
             "{took:?}"
         );
         assert!(
-            trip_rx.try_recv().is_ok(),
+            tokio::time::timeout(Duration::from_millis(10), tripwire.tripped())
+                .await
+                .is_ok(),
             "the violation was not signalled"
         );
         feeder.abort();
@@ -250,8 +270,8 @@ mod tests {
     #[tokio::test]
     async fn a_body_at_the_rate_passes_whole() {
         let (tx, body) = channel();
-        let (trip_tx, _trip_rx) = tokio::sync::oneshot::channel();
-        let paced = Paced::new(body, RULE, trip_tx);
+        let tripwire = Tripwire::default();
+        let paced = Paced::new(body, RULE, tripwire.clone());
         tokio::spawn(async move {
             // Twice the minimum rate, 40 KiB in all: more than PREFETCH.
             for _ in 0..20 {
@@ -262,15 +282,23 @@ mod tests {
         let fetched = prefetch(paced).await.expect("prefetch");
         let all = fetched.collect().await.expect("whole body").to_bytes();
         assert_eq!(all.len(), 40 * 1024);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(10), tripwire.tripped())
+                .await
+                .is_err(),
+            "a body at the rate tripped the wire"
+        );
     }
 
     #[tokio::test]
     async fn a_short_body_is_read_before_admission() {
         let (tx, body) = channel();
-        let (trip_tx, _trip_rx) = tokio::sync::oneshot::channel();
+        let tripwire = Tripwire::default();
         tx.send(Bytes::from_static(b"hello")).await.unwrap();
         drop(tx);
-        let fetched = prefetch(Paced::new(body, RULE, trip_tx)).await.unwrap();
+        let fetched = prefetch(Paced::new(body, RULE, tripwire.clone()))
+            .await
+            .unwrap();
         assert!(fetched.rest.is_none());
         assert_eq!(fetched.collect().await.unwrap().to_bytes(), "hello");
     }

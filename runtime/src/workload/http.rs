@@ -1,18 +1,23 @@
 //! HTTP triggers: one request, one `wasi:http/incoming-handler` call, in a fresh
 //! instance or (with `reuse`) one parked by an earlier request of the same workload.
 
-use super::body::{prefetch, BodyRate, BoxError, Paced, TooSlow};
+use super::body::{prefetch, BodyRate, BoxError, Paced, TooSlow, Tripwire};
 use super::reuse::Warm;
 use super::{InstanceState, InvocationError, Workload};
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::WasiHttpView;
 
 /// The body type every ingress response uses.
 pub type ResponseBody = UnsyncBoxBody<Bytes, wasmtime_wasi_http::Error>;
+
+/// What the guest sets through its `response-outparam`, sent straight to the request's
+/// waiting side (no forwarding task: each hop between the partition's threads and the
+/// ingress costs a wake-up).
+type Head = Result<hyper::Response<ResponseBody>, ErrorCode>;
 
 /// A plain-text error response; `retry` adds `Retry-After` for transient conditions.
 pub fn error_response(status: u16, message: &str, retry: bool) -> hyper::Response<ResponseBody> {
@@ -43,13 +48,6 @@ fn body_error(max_body: u64, err: BoxError) -> wasmtime_wasi_http::Error {
     match err.downcast::<hyper::Error>() {
         Ok(err) => wasmtime_wasi_http::Error::Hyper(*err),
         Err(err) => wasmtime_wasi_http::Error::InternalError(Some(err.to_string())),
-    }
-}
-
-/// Resolves when the body falls below the minimum rate; never if it does not.
-async fn slow_body(tripped: tokio::sync::oneshot::Receiver<()>) {
-    if tripped.await.is_err() {
-        std::future::pending::<()>().await;
     }
 }
 
@@ -95,8 +93,12 @@ impl Workload {
             );
         };
         let (parts, body) = request.into_parts();
-        let (tripped_tx, tripped) = tokio::sync::oneshot::channel();
-        let paced = Paced::new(Limited::new(body, max_body as usize), rate, tripped_tx);
+        let tripwire = Tripwire::default();
+        let paced = Paced::new(
+            Limited::new(body, max_body as usize),
+            rate,
+            tripwire.clone(),
+        );
         let body = match prefetch(paced).await {
             Ok(body) => body,
             Err(err) => return self.unread_body(max_body, err),
@@ -116,7 +118,7 @@ impl Workload {
         };
         let request =
             hyper::Request::from_parts(parts, body.map_err(move |err| body_error(max_body, err)));
-        let (head_tx, head) = tokio::sync::oneshot::channel();
+        let (head_tx, head) = tokio::sync::oneshot::channel::<Head>();
         let workload = self.clone();
         // The guest runs in its own task so it can keep streaming the body after the
         // response head went out; the slot is held until it finishes.
@@ -134,14 +136,19 @@ impl Workload {
             ));
         let response = tokio::select! {
             response = head => response,
-            () = slow_body(tripped) => {
+            () = tripwire.tripped() => {
                 // No head yet and the client stalls: stop the instance, free its slot.
                 task.abort();
                 return error_response(408, &format!("{}: {}", self.spec.label(), TooSlow(rate)), false);
             }
         };
         match response {
-            Ok(response) => response,
+            Ok(Ok(response)) => response,
+            Ok(Err(code)) => error_response(
+                500,
+                &format!("{}: guest answered with error {code:?}", self.spec.label()),
+                false,
+            ),
             // The guest never set a response: the task tells why.
             Err(_) => match task.await {
                 Ok(Err(err)) => invocation_response(&err),
@@ -191,14 +198,14 @@ impl Workload {
         Some(warm)
     }
 
-    /// Instantiates (or takes a parked instance) and calls the guest's handler; sends
-    /// the response head (or why there is none) on `head` as soon as there is one. Runs
-    /// on the partition's runtime.
+    /// Instantiates (or takes a parked instance) and calls the guest's handler, which
+    /// sends the response head on `head` as soon as it sets one; when there is none, the
+    /// result says why. Runs on the partition's runtime.
     async fn run_http<B>(
         self: std::sync::Arc<Self>,
         proxy: ProxyPre<InstanceState>,
         request: hyper::Request<B>,
-        head: tokio::sync::oneshot::Sender<hyper::Response<ResponseBody>>,
+        head: tokio::sync::oneshot::Sender<Head>,
         started: std::time::Instant,
     ) -> Result<(), InvocationError>
     where
@@ -212,52 +219,34 @@ impl Workload {
                     Ok(store) => (store, None, 0),
                     Err(err) => {
                         self.record(&Err(err.clone()), started);
-                        let _ = head.send(invocation_response(&err));
-                        return Ok(());
+                        return Err(err);
                     }
                 }
             }
         };
-        let prepared = store
+        let req = match store
             .data_mut()
             .http()
             .new_incoming_request(Scheme::Http, request)
-            .and_then(|req| {
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                let out = store.data_mut().http().new_response_outparam(tx)?;
-                Ok((req, out, rx))
-            });
-        let (req, out, response_rx) = match prepared {
-            Ok(parts) => parts,
+        {
+            Ok(req) => req,
             Err(err) => {
-                let _ = head.send(error_response(
+                let _ = head.send(Ok(error_response(
                     400,
                     &format!(
                         "{}: cannot pass the request to the guest: {err:#}",
                         self.spec.label()
                     ),
                     false,
-                ));
+                )));
                 return Ok(());
             }
         };
-        let label = self.spec.label();
-        // Forwards the head as soon as the guest sets it, while the call goes on.
-        let forward = async move {
-            let response = match response_rx.await {
-                Ok(Ok(response)) => response,
-                Ok(Err(code)) => error_response(
-                    500,
-                    &format!("{label}: guest answered with error {code:?}"),
-                    false,
-                ),
-                // Dropped without a response: `head` is dropped too, and the caller
-                // asks this task's result why.
-                Err(_) => return,
-            };
-            let _ = head.send(response);
-        };
-        let forwarder = tokio::spawn(forward);
+        let out = store
+            .data_mut()
+            .http()
+            .new_response_outparam(head)
+            .map_err(|err| self.failed(format!("cannot create its response: {err:#}")))?;
         let grace = self.spec.timeout + crate::engine::EPOCH_TICK * 10;
         let call = async {
             let instance = match reused {
@@ -307,13 +296,10 @@ impl Workload {
                 self.spec
                     .partition
                     .park(self.owner, Box::new(warm), reuse.idle_timeout);
-                let _ = forwarder.await;
                 return result;
             }
         }
         drop(store);
-        // The head, if the guest set one, is forwarded before this task reports.
-        let _ = forwarder.await;
         result
     }
 }
