@@ -16,6 +16,7 @@ use super::oci::{parse_reference, ComponentRef, OciError, OciErrorKind, OciFetch
 use super::store::{BlobStore, Pin};
 use crate::fsutil::{self, BoundedReadError};
 use crate::types::sha256_hex;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -166,7 +167,11 @@ fn load_local_limited(
     base_dir: &Path,
     limit: u64,
 ) -> Result<Artifact, ArtifactError> {
-    let path = local_path(repository, base_dir)?;
+    load_local_file(repository, local_path(repository, base_dir)?, limit)
+}
+
+/// [`load_local_limited`] of the file `repository` resolved to.
+fn load_local_file(repository: &str, path: PathBuf, limit: u64) -> Result<Artifact, ArtifactError> {
     let bytes = read_bounded(repository, &path, limit)?;
     if let Err(what) = check_component(&bytes) {
         return Err(ArtifactError::NotAComponent {
@@ -247,6 +252,8 @@ pub struct Resolved {
 enum Source {
     /// Read already (local files are hashed to resolve them).
     Local(Artifact),
+    /// A local file unchanged since it was last hashed: read only if it is loaded.
+    LocalUnchanged(PathBuf),
     /// In the blob store, or to be fetched from the registry.
     Oci(ComponentRef),
     /// In the blob store only (a restored local component).
@@ -258,6 +265,7 @@ impl Resolved {
     pub fn watched_file(&self) -> Option<&Path> {
         match &self.source {
             Source::Local(a) => Some(&a.path),
+            Source::LocalUnchanged(path) => Some(path),
             _ => None,
         }
     }
@@ -268,7 +276,49 @@ pub struct Artifacts {
     blobs: Option<BlobStore>,
     oci: OciFetcher,
     max_size: u64,
+    /// Local component files as last hashed, so a pass over unchanged deployments
+    /// stats them instead of reading and hashing every one.
+    hashed: std::sync::Mutex<HashMap<PathBuf, Hashed>>,
 }
+
+/// What identifies one version of a file without reading it: ctime catches in-place
+/// rewrites that restore the mtime; the inode, a replacement by rename.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    #[cfg(unix)]
+    unix: (u64, u64, i64, i64),
+}
+
+impl FileStamp {
+    /// Of the file `path` leads to (a symbolic link is followed, so a swapped link
+    /// target is a different stamp).
+    fn of(path: &Path) -> Option<Self> {
+        let meta = std::fs::metadata(path).ok().filter(|m| m.is_file())?;
+        Some(Self {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            #[cfg(unix)]
+            unix: {
+                use std::os::unix::fs::MetadataExt;
+                (meta.dev(), meta.ino(), meta.ctime(), meta.ctime_nsec())
+            },
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Hashed {
+    component: FileStamp,
+    /// The `.cwasm` beside it (none: absent); a new one is a new deployment input too.
+    precompiled: Option<FileStamp>,
+    digest: crate::types::Digest,
+    size: u64,
+}
+
+/// Bounds the table of hashed files (one entry per distinct local component path).
+const MAX_HASHED: usize = 16_384;
 
 impl Default for Artifacts {
     /// Local files only, nothing stored: for embedders and benchmarks without a
@@ -278,6 +328,7 @@ impl Default for Artifacts {
             blobs: None,
             oci: OciFetcher::new(OciSettings::default()),
             max_size: MAX_COMPONENT_BYTES,
+            hashed: Default::default(),
         }
     }
 }
@@ -290,6 +341,83 @@ impl Artifacts {
             blobs: Some(BlobStore::open(dir)?),
             oci: OciFetcher::new(settings),
             max_size,
+            hashed: Default::default(),
+        })
+    }
+
+    fn hashed(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Hashed>> {
+        self.hashed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stamps of a local component and its `.cwasm`, `None` when it cannot be stat'ed.
+    fn stamps(path: &Path) -> Option<(FileStamp, Option<FileStamp>)> {
+        let component = FileStamp::of(path)?;
+        Some((component, FileStamp::of(&path.with_extension("cwasm"))))
+    }
+
+    /// Resolves a local component: by its stamps when it is unchanged since it was last
+    /// hashed, else by reading and hashing it.
+    async fn resolve_local(
+        &self,
+        component: &ComponentSpec,
+        base_dir: &Path,
+    ) -> Result<Resolved, ArtifactError> {
+        let pin = |digest: String, size: u64| Pin {
+            component: component.name.clone(),
+            repository: component.repository.clone(),
+            revision: component.revision.clone(),
+            digest,
+            manifest: None,
+            size,
+        };
+        let path = local_path(&component.repository, base_dir)?;
+        let probe = path.clone();
+        let stamps = tokio::task::spawn_blocking(move || Self::stamps(&probe))
+            .await
+            .ok()
+            .flatten();
+        if let Some((stamp, shipped)) = &stamps {
+            let known = self.hashed().get(&path).cloned();
+            if let Some(known) =
+                known.filter(|k| k.component == *stamp && k.precompiled == *shipped)
+            {
+                return Ok(Resolved {
+                    pin: pin(known.digest.to_string(), known.size),
+                    source: Source::LocalUnchanged(path),
+                });
+            }
+        }
+        let (repository, dir, limit) = (
+            component.repository.clone(),
+            base_dir.to_owned(),
+            self.max_size,
+        );
+        let artifact =
+            tokio::task::spawn_blocking(move || load_local_limited(&repository, &dir, limit))
+                .await
+                .map_err(|e| ArtifactError::Store {
+                    repository: component.repository.clone(),
+                    message: format!("reader task failed: {e}"),
+                })??;
+        // Stamps taken before the read: a write during it shows as a change next time.
+        if let Some((component, precompiled)) = stamps {
+            let mut hashed = self.hashed();
+            if hashed.len() >= MAX_HASHED {
+                hashed.clear();
+            }
+            hashed.insert(
+                path,
+                Hashed {
+                    component,
+                    precompiled,
+                    digest: artifact.digest.clone(),
+                    size: artifact.bytes.len() as u64,
+                },
+            );
+        }
+        Ok(Resolved {
+            pin: pin(artifact.digest.to_string(), artifact.bytes.len() as u64),
+            source: Source::Local(artifact),
         })
     }
 
@@ -303,7 +431,8 @@ impl Artifacts {
 
     /// What `component` resolves to now. `pinned` (from a previous application of the
     /// same document) stands in for the registry lookup of an OCI component; local files
-    /// are always read, since they are watched for changes.
+    /// are read and hashed when their stamps (size, times, inode) changed since they were
+    /// last, since they are watched for changes.
     pub async fn resolve(
         &self,
         component: &ComponentSpec,
@@ -312,27 +441,7 @@ impl Artifacts {
     ) -> Result<Resolved, ArtifactError> {
         let repository = &component.repository;
         if !repository.starts_with("oci://") {
-            let (repository, base_dir, limit) =
-                (repository.clone(), base_dir.to_owned(), self.max_size);
-            let artifact = tokio::task::spawn_blocking(move || {
-                load_local_limited(&repository, &base_dir, limit)
-            })
-            .await
-            .map_err(|e| ArtifactError::Store {
-                repository: component.repository.clone(),
-                message: format!("reader task failed: {e}"),
-            })??;
-            return Ok(Resolved {
-                pin: Pin {
-                    component: component.name.clone(),
-                    repository: component.repository.clone(),
-                    revision: component.revision.clone(),
-                    digest: artifact.digest.to_string(),
-                    manifest: None,
-                    size: artifact.bytes.len() as u64,
-                },
-                source: Source::Local(artifact),
-            });
+            return self.resolve_local(component, base_dir).await;
         }
         if self.blobs.is_none() {
             return Err(ArtifactError::OciUnsupported {
@@ -390,16 +499,23 @@ impl Artifacts {
             .ok_or_else(|| store_err(format!("{:?} is not a sha256 digest", pin.digest)))?
             .to_owned();
         match resolved.source {
-            Source::Local(artifact) => {
-                if let Some(blobs) = self.blobs.clone() {
-                    let bytes = artifact.bytes.clone();
-                    tokio::task::spawn_blocking(move || blobs.insert(&bytes))
+            Source::LocalUnchanged(path) => {
+                let (repository, limit) = (pin.repository.clone(), self.max_size);
+                let artifact =
+                    tokio::task::spawn_blocking(move || load_local_file(&repository, path, limit))
                         .await
-                        .map_err(|e| store_err(format!("writer task failed: {e}")))?
-                        .map_err(|e| store_err(format!("cannot store a copy: {e}")))?;
+                        .map_err(|e| store_err(format!("reader task failed: {e}")))??;
+                if artifact.digest.as_str() != pin.digest {
+                    // The next pass sees the new stamps and hashes it again.
+                    return Err(store_err(format!(
+                        "{} changed while it was being installed (now {})",
+                        artifact.path.display(),
+                        artifact.digest
+                    )));
                 }
-                Ok(artifact)
+                self.keep_local_copy(artifact).await.map_err(store_err)
             }
+            Source::Local(artifact) => self.keep_local_copy(artifact).await.map_err(store_err),
             Source::Stored => {
                 let blobs = self.blobs.as_ref().ok_or_else(|| ArtifactError::Missing {
                     repository: pin.repository.clone(),
@@ -437,6 +553,19 @@ impl Artifacts {
                 }
             }
         }
+    }
+
+    /// Copies a local component into the blob store, so a restart serves exactly what was
+    /// applied even if the file changes or goes.
+    async fn keep_local_copy(&self, artifact: Artifact) -> Result<Artifact, String> {
+        if let Some(blobs) = self.blobs.clone() {
+            let bytes = artifact.bytes.clone();
+            tokio::task::spawn_blocking(move || blobs.insert(&bytes))
+                .await
+                .map_err(|e| format!("writer task failed: {e}"))?
+                .map_err(|e| format!("cannot store a copy: {e}"))?;
+        }
+        Ok(artifact)
     }
 
     async fn load_stored(&self, blobs: &BlobStore, hex: &str) -> Result<Option<Artifact>, String> {
@@ -592,5 +721,47 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("state directory"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_local_file_is_not_read_again_and_a_changed_one_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let artifacts = Artifacts::default();
+        let path = dir.path().join("c.wasm");
+        let first = [&COMPONENT_HEADER[..], b"one"].concat();
+        std::fs::write(&path, &first).unwrap();
+        let spec = component("c.wasm");
+        let resolved = artifacts.resolve(&spec, dir.path(), None).await.unwrap();
+        assert!(
+            matches!(resolved.source, Source::Local(_)),
+            "read the first time"
+        );
+        let digest = resolved.pin.digest.clone();
+
+        let again = artifacts.resolve(&spec, dir.path(), None).await.unwrap();
+        assert!(
+            matches!(again.source, Source::LocalUnchanged(_)),
+            "not read again"
+        );
+        assert_eq!(again.pin.digest, digest);
+        assert_eq!(again.watched_file(), Some(path.as_path()));
+        // Loading it reads it, checked against the digest it resolved to.
+        let loaded = artifacts.load(again.clone()).await.unwrap();
+        assert!(loaded.digest.matches(&first));
+
+        // Same length, new bytes, maybe the same mtime tick: the ctime still moves.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let second = [&COMPONENT_HEADER[..], b"two"].concat();
+        std::fs::write(&path, &second).unwrap();
+        // A load of what resolved before the change is refused, not mislabelled.
+        let err = artifacts.load(again).await.unwrap_err();
+        assert!(err.to_string().contains("changed while"), "{err}");
+        let changed = artifacts.resolve(&spec, dir.path(), None).await.unwrap();
+        assert!(matches!(changed.source, Source::Local(_)));
+        assert_ne!(changed.pin.digest, digest);
+        // A new precompiled file beside it is a change too.
+        std::fs::write(dir.path().join("c.cwasm"), b"code").unwrap();
+        let shipped = artifacts.resolve(&spec, dir.path(), None).await.unwrap();
+        assert!(matches!(shipped.source, Source::Local(_)));
     }
 }
