@@ -44,6 +44,37 @@ where
         .map_err(std::io::Error::other)?
 }
 
+/// What identifies one version of a file without reading it: its size and times, and
+/// (on Unix) device, inode and change time, which catch a replacement by rename and an
+/// in-place rewrite that restores the mtime (`touch -r`, tar).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileStamp {
+    len: u64,
+    modified: Option<SystemTime>,
+    #[cfg(unix)]
+    unix: (u64, u64, i64, i64),
+}
+
+impl FileStamp {
+    pub fn of_metadata(meta: &std::fs::Metadata) -> Self {
+        Self {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            #[cfg(unix)]
+            unix: {
+                use std::os::unix::fs::MetadataExt;
+                (meta.dev(), meta.ino(), meta.ctime(), meta.ctime_nsec())
+            },
+        }
+    }
+
+    /// Of the regular file `path` leads to (links followed); `None` for anything else.
+    pub fn of(path: &Path) -> Option<Self> {
+        let meta = std::fs::metadata(path).ok().filter(|m| m.is_file())?;
+        Some(Self::of_metadata(&meta))
+    }
+}
+
 /// A regular file of a store directory, as garbage collection sees it.
 pub struct StoredFile {
     pub name: String,

@@ -281,38 +281,11 @@ pub struct Artifacts {
     hashed: std::sync::Mutex<HashMap<PathBuf, Hashed>>,
 }
 
-/// What identifies one version of a file without reading it: ctime catches in-place
-/// rewrites that restore the mtime; the inode, a replacement by rename.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct FileStamp {
-    len: u64,
-    modified: Option<std::time::SystemTime>,
-    #[cfg(unix)]
-    unix: (u64, u64, i64, i64),
-}
-
-impl FileStamp {
-    /// Of the file `path` leads to (a symbolic link is followed, so a swapped link
-    /// target is a different stamp).
-    fn of(path: &Path) -> Option<Self> {
-        let meta = std::fs::metadata(path).ok().filter(|m| m.is_file())?;
-        Some(Self {
-            len: meta.len(),
-            modified: meta.modified().ok(),
-            #[cfg(unix)]
-            unix: {
-                use std::os::unix::fs::MetadataExt;
-                (meta.dev(), meta.ino(), meta.ctime(), meta.ctime_nsec())
-            },
-        })
-    }
-}
-
 #[derive(Debug, Clone)]
 struct Hashed {
-    component: FileStamp,
+    component: fsutil::FileStamp,
     /// The `.cwasm` beside it (none: absent); a new one is a new deployment input too.
-    precompiled: Option<FileStamp>,
+    precompiled: Option<fsutil::FileStamp>,
     digest: crate::types::Digest,
     size: u64,
 }
@@ -350,9 +323,12 @@ impl Artifacts {
     }
 
     /// Stamps of a local component and its `.cwasm`, `None` when it cannot be stat'ed.
-    fn stamps(path: &Path) -> Option<(FileStamp, Option<FileStamp>)> {
-        let component = FileStamp::of(path)?;
-        Some((component, FileStamp::of(&path.with_extension("cwasm"))))
+    fn stamps(path: &Path) -> Option<(fsutil::FileStamp, Option<fsutil::FileStamp>)> {
+        let component = fsutil::FileStamp::of(path)?;
+        Some((
+            component,
+            fsutil::FileStamp::of(&path.with_extension("cwasm")),
+        ))
     }
 
     /// Resolves a local component: by its stamps when it is unchanged since it was last

@@ -49,13 +49,10 @@ pub fn scan(dir: &Path, watched_files: &[PathBuf]) -> std::io::Result<Scan> {
     })
 }
 
-/// What identifies one version of a file without reading it.
+/// What identifies one version of a deployment file without reading it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Stamp {
-    len: u64,
-    modified: Option<std::time::SystemTime>,
-    #[cfg(unix)]
-    unix: (u64, u64, i64, i64),
+    file: crate::fsutil::FileStamp,
     /// Where a symbolic link led, resolved; `None` for a plain file.
     target: Option<PathBuf>,
 }
@@ -63,14 +60,7 @@ struct Stamp {
 impl Stamp {
     fn of(meta: &std::fs::Metadata, target: Option<PathBuf>) -> Self {
         Self {
-            len: meta.len(),
-            modified: meta.modified().ok(),
-            #[cfg(unix)]
-            unix: {
-                use std::os::unix::fs::MetadataExt;
-                // ctime catches in-place rewrites that restore mtime (`touch -r`, tar).
-                (meta.dev(), meta.ino(), meta.ctime(), meta.ctime_nsec())
-            },
+            file: crate::fsutil::FileStamp::of_metadata(meta),
             target,
         }
     }
@@ -159,10 +149,7 @@ impl FolderWatch {
             Err(err) => {
                 return Some(Entry {
                     stamp: Stamp {
-                        len: 0,
-                        modified: None,
-                        #[cfg(unix)]
-                        unix: (0, 0, 0, 0),
+                        file: Default::default(),
                         target: None,
                     },
                     outcome: refusal(
