@@ -213,16 +213,13 @@ impl Workload {
     {
         let (mut store, reused, served) = match self.warm() {
             Some(warm) => (warm.store, Some(warm.proxy), warm.served),
-            None => {
-                self.spec.partition.make_room();
-                match self.new_store() {
-                    Ok(store) => (store, None, 0),
-                    Err(err) => {
-                        self.record(&Err(err.clone()), started);
-                        return Err(err);
-                    }
+            None => match self.new_store() {
+                Ok(store) => (store, None, 0),
+                Err(err) => {
+                    self.record(&Err(err.clone()), started);
+                    return Err(err);
                 }
-            }
+            },
         };
         let req = match store
             .data_mut()

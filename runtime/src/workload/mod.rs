@@ -259,6 +259,9 @@ impl Workload {
     /// benchmarks time the very store every request gets.
     pub fn new_store(&self) -> Result<Store<InstanceState>, InvocationError> {
         let spec = &self.spec;
+        // A fresh instance takes a pool slot: parked ones of any workload make way first
+        // (timer events included, which never reuse).
+        spec.partition.make_room();
         let mut wasi = WasiCtxBuilder::new();
         let log = self.platform.log();
         wasi.stdout(output::GuestOutput::stdout(log.clone()))
