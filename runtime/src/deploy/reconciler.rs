@@ -118,6 +118,8 @@ pub struct Reconciler {
     in_flight: BTreeMap<String, InFlight>,
     /// Sources of the last pass in commit order.
     order: Vec<String>,
+    /// The last pass's valid documents, not parsed again while unchanged.
+    parsed: plan::Parsed,
     next_install: u64,
     /// The partitions changed ([`Reconciler::reconfigure`]) and the next pass must
     /// place again what runs in a partition that changed or left.

@@ -61,7 +61,7 @@ impl Reconciler {
                 partition: a.partition.device_id.to_string(),
             })
             .collect();
-        let plan = plan::plan(desired, &running);
+        let plan = plan::plan_with(desired, &running, &mut self.parsed);
         for r in &plan.rejected {
             self.reporter.failed(
                 &r.source,

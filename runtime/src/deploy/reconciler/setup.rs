@@ -58,6 +58,7 @@ impl Reconciler {
             notify,
             in_flight: BTreeMap::new(),
             order: Vec::new(),
+            parsed: Default::default(),
             next_install: 0,
             replace_due: false,
         })
