@@ -12,8 +12,9 @@
 //! allocator (the fallback when the pool cannot be reserved).
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use std::sync::Arc;
 use std::time::Instant;
-use wasmgate::workload::{Exports, InstanceReuse};
+use wasmgate::workload::{Exports, InstanceReuse, Workload};
 use wasmgate_benches::{
     bare, current_thread_runtime, drain, get_request, paired, read_ok, Allocator, OurHost,
     PLAIN_HELLO,
@@ -62,30 +63,21 @@ fn cold_start(c: &mut Criterion) {
                 start.elapsed()
             })
         };
-        let mut ours_routine = |iters: u64| {
+        // `iters` requests through `Workload::handle_http` of `workload`, whole bodies read.
+        let requests = |workload: &Arc<Workload>, iters: u64| {
             rt.block_on(async {
                 let start = Instant::now();
                 for _ in 0..iters {
                     let response = workload.clone().handle_http(get_request(), MAX_BODY).await;
                     read_ok(response).await.expect("wasmgate request");
                 }
-                // The last guest task may still be dropping its store.
+                // The last guest task may still be dropping (or parking) its store.
                 drain(&partition).await;
                 start.elapsed()
             })
         };
-
-        let mut reused_routine = |iters: u64| {
-            rt.block_on(async {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    let response = reusing.clone().handle_http(get_request(), MAX_BODY).await;
-                    read_ok(response).await.expect("wasmgate request");
-                }
-                drain(&partition).await;
-                start.elapsed()
-            })
-        };
+        let mut ours_routine = |iters: u64| requests(&workload, iters);
+        let mut reused_routine = |iters: u64| requests(&reusing, iters);
 
         let label = format!("cold_start/{}", allocator.name());
         paired(
